@@ -1,0 +1,197 @@
+"""Balanced hierarchical clustering of token sequences: the grouping behind feature-space local attention.
+
+Every sequence (in BOAT: one image and one attention head) is split into ``2**L`` groups of equal size by
+``L`` levels of balanced two-way splits. One split of a group:
+
+1. two centres: the means of the first and of the second half of the group's current token order,
+   L2-normalised (at the first level the current order is the raster order);
+2. ``iterations`` refinements: cosine similarity of every token to both centres, soft assignment
+   ``softmax(temperature * cos)``, new centre = soft-weighted sum of the raw tokens, L2-normalised;
+3. score ``(1 + cos0) / (1 + cos1)``, ascending sort; the first half becomes child A, the second child B.
+
+Token counts (the rule for any ``N >= 1``, see :func:`plan_groups`):
+
+* ``N <= group_size``: one group holding every token (plain attention, no sibling, no overlap).
+* otherwise ``L = floor(log2(N / group_size))``, the most levels that keep groups at least
+  ``group_size`` tokens, and groups of ``ceil(N / 2**L)`` slots. The ``P = slots * 2**L - N < 2**L``
+  missing slots are padding. Each split gives child A ``ceil(r / 2)`` of the group's ``r`` real tokens
+  (the lowest scores) and child B the rest, so real counts of the leaf groups differ by at most one and
+  each leaf holds at most one padding slot. Padding never enters a centre, and every group keeps its real
+  tokens first and its padding last.
+* ``N = group_size * 2**L`` has no padding and reproduces the released BOAT code exactly.
+
+No gradient flows through the clustering. Half-precision inputs are clustered in float32, float64 stays
+float64.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["GroupPlan", "Clustering", "plan_groups", "balanced_clustering", "sibling_overlap_slots"]
+
+DEFAULT_GROUP_SIZE = 49
+DEFAULT_ITERATIONS = 2
+DEFAULT_TEMPERATURE = 100.0
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """How ``num_tokens`` tokens are laid out in ``2**num_levels`` groups of ``group_size`` slots."""
+
+    num_tokens: int
+    num_levels: int
+    group_size: int
+
+    @property
+    def num_groups(self) -> int:
+        return 2**self.num_levels
+
+    @property
+    def num_slots(self) -> int:
+        """Tokens plus padding: ``group_size * num_groups``."""
+        return self.group_size * self.num_groups
+
+    @property
+    def num_padding(self) -> int:
+        return self.num_slots - self.num_tokens
+
+    def real_counts(self, level: int, device: torch.device | None = None) -> torch.Tensor:
+        """Real (non-padding) tokens in each of the ``2**level`` groups of a level, shape ``(2**level,)``."""
+        counts = torch.tensor([self.num_tokens], device=device)
+        for _ in range(level):
+            counts = torch.stack([(counts + 1) // 2, counts // 2], dim=-1).flatten()
+        return counts
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """Result of :func:`balanced_clustering` for ``S`` sequences of ``N`` tokens.
+
+    Attributes:
+        plan: The group layout.
+        order: ``(S, num_slots)`` token index of every slot, grouped: slots ``[g * group_size, (g + 1) *
+            group_size)`` form group ``g``. Padding slots hold indices ``>= N``.
+        inverse: ``(S, N)`` slot of every token, so ``order.gather(1, inverse) == arange(N)``.
+    """
+
+    plan: GroupPlan
+    order: torch.Tensor
+    inverse: torch.Tensor
+
+    @property
+    def groups(self) -> torch.Tensor:
+        """``(S, num_groups, group_size)`` token indices per group (padding ``>= N``)."""
+        return self.order.view(self.order.shape[0], self.plan.num_groups, self.plan.group_size)
+
+
+def plan_groups(num_tokens: int, group_size: int = DEFAULT_GROUP_SIZE) -> GroupPlan:
+    """Chooses levels and group size for ``num_tokens`` tokens and a target group size (module docstring)."""
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2, got {group_size}")
+    if num_tokens <= group_size:
+        return GroupPlan(num_tokens, 0, num_tokens)
+    num_levels = (num_tokens // group_size).bit_length() - 1
+    num_groups = 2**num_levels
+    return GroupPlan(num_tokens, num_levels, -(-num_tokens // num_groups))
+
+
+def _split_slots(plan: GroupPlan, level: int, device: torch.device) -> torch.Tensor:
+    """Per group of ``level``: the current slot of each child slot, ``(2**level, n)``.
+
+    A sorted group holds its ``r`` real tokens first, padding last. Child A takes the first ``ceil(r/2)``
+    real tokens and fills up with padding; child B takes the remaining real tokens and padding.
+    """
+    n = plan.num_slots >> level
+    half = n // 2
+    real = plan.real_counts(level, device)[:, None]
+    real_a = (real + 1) // 2
+    pad_a = half - real_a
+    slot = torch.arange(n, device=device)[None, :]
+    pos_b = slot - half  # position inside child B
+    child_a = torch.where(slot < real_a, slot, real + slot - real_a)
+    child_b = torch.where(pos_b < real - real_a, real_a + pos_b, real + pad_a + pos_b - (real - real_a))
+    return torch.where(slot < half, child_a, child_b)
+
+
+def balanced_clustering(
+    x: torch.Tensor,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    iterations: int = DEFAULT_ITERATIONS,
+    temperature: float = DEFAULT_TEMPERATURE,
+) -> Clustering:
+    """Groups the tokens of every sequence into equal-size groups by content (module docstring).
+
+    Args:
+        x: ``(S, N, D)`` features of ``S`` independent sequences.
+        group_size: Target tokens per group (49 in BOAT).
+        iterations: Centre refinements per split.
+        temperature: Sharpness of the soft assignment.
+
+    Returns:
+        The group layout, the grouped token order and its inverse.
+    """
+    if x.ndim != 3:
+        raise ValueError(f"expected (sequences, tokens, features), got shape {tuple(x.shape)}")
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    num_seq, num_tokens, dim = x.shape
+    plan = plan_groups(num_tokens, group_size)
+    device = x.device
+    with torch.no_grad():
+        work = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        if plan.num_padding:
+            work = F.pad(work, (0, 0, 0, plan.num_padding))
+        order = torch.arange(plan.num_slots, device=device).expand(num_seq, -1)
+        for level in range(plan.num_levels):
+            n = plan.num_slots >> level
+            groups = work.view(-1, n, dim)
+            unit = F.normalize(groups, dim=-1)
+            if plan.num_padding:
+                real = plan.real_counts(level, device).repeat(num_seq)[:, None]
+                in_first = torch.arange(n, device=device)[None, :] < (real + 1) // 2
+                halves = torch.stack([in_first, ~in_first], dim=-1).to(work.dtype)  # padding rows are 0
+                centres = halves.transpose(1, 2).bmm(groups)
+            else:
+                centres = groups.view(-1, 2, n // 2, dim).mean(dim=2)
+            centres = F.normalize(centres, dim=-1)
+            for _ in range(iterations):
+                soft = torch.softmax(unit.bmm(centres.transpose(1, 2)) * temperature, dim=-1)
+                centres = F.normalize(soft.transpose(1, 2).bmm(groups), dim=-1)
+            cos = unit.bmm(centres.transpose(1, 2))
+            score = (cos[..., 0] + 1) / (cos[..., 1] + 1)
+            if plan.num_padding:
+                score = score.masked_fill(torch.arange(n, device=device)[None, :] >= real, float("inf"))
+            perm = score.sort(dim=-1).indices
+            if plan.num_padding:
+                split = _split_slots(plan, level, device)
+                perm = perm.view(num_seq, -1, n).gather(2, split.expand(num_seq, -1, -1)).view(-1, n)
+            order = order.reshape(-1, n).gather(1, perm).view(num_seq, -1)
+            rows = (perm + torch.arange(0, perm.numel(), n, device=device)[:, None]).flatten()
+            work = work.view(-1, dim).index_select(0, rows)
+        slots = torch.arange(plan.num_slots, device=device).expand(num_seq, -1)
+        inverse = torch.empty_like(order).scatter_(1, order, slots)[:, :num_tokens]
+    return Clustering(plan, order, inverse)
+
+
+def sibling_overlap_slots(plan: GroupPlan, overlap: int, device: torch.device | None = None) -> torch.Tensor:
+    """Slots (into one sequence's ``num_slots``) of the extra keys each group borrows from its sibling.
+
+    Groups ``2j`` (child A) and ``2j + 1`` (child B) are siblings of the last split. A borrows B's first
+    ``overlap`` tokens (lowest scores of B, nearest the split), B borrows A's last ``overlap`` real tokens.
+    With one group there is no sibling and the result has no columns.
+
+    Returns:
+        ``(num_groups, overlap)`` slot indices, or ``(1, 0)`` for a single group.
+    """
+    if plan.num_levels == 0:
+        return torch.zeros(1, 0, dtype=torch.long, device=device)
+    real = plan.real_counts(plan.num_levels, device)[:, None]
+    start = torch.arange(plan.num_groups, device=device)[:, None] * plan.group_size
+    offset = torch.arange(overlap, device=device)[None, :]
+    is_a = (torch.arange(plan.num_groups, device=device) % 2 == 0)[:, None]
+    sibling = torch.where(is_a, start + plan.group_size, start - plan.group_size)
+    sibling_real = torch.where(is_a, real.roll(-1, 0), real.roll(1, 0))
+    return torch.where(is_a, sibling + offset, sibling + sibling_real - overlap + offset)
