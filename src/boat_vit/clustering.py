@@ -23,6 +23,7 @@ Token counts (the rule for any ``N >= 1``, see :func:`plan_groups`):
 No gradient flows through the clustering. Half-precision inputs are clustered in float32, float64 stays
 float64.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ __all__ = ["GroupPlan", "Clustering", "plan_groups", "balanced_clustering", "sib
 DEFAULT_GROUP_SIZE = 49
 DEFAULT_ITERATIONS = 2
 DEFAULT_TEMPERATURE = 100.0
+_NORM_EPS = 1e-12  # as torch.nn.functional.normalize
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class GroupPlan:
 
 @dataclass(frozen=True)
 class Clustering:
-    """Result of :func:`balanced_clustering` for ``S`` sequences of ``N`` tokens.
+    """Result of :func:`balanced_clustering` for ``S`` sequences of ``N`` tokens (leading dims flattened).
 
     Attributes:
         plan: The group layout.
@@ -116,6 +118,22 @@ def _split_slots(plan: GroupPlan, level: int, device: torch.device) -> torch.Ten
     return torch.where(slot < half, child_a, child_b)
 
 
+def _sort_within_groups(score: torch.Tensor) -> torch.Tensor:
+    """Ascending sort of every row of non-negative ``score``; returns flat row-major indices ``(G, n)``.
+
+    float32 rows are sorted in one flat pass over 64-bit keys ``(row << 32) | bits(score)``: the bits of a
+    non-negative float32 order like its value, and one flat integer sort beats many small float sorts on
+    CPU. Other dtypes use a row-wise sort.
+    """
+    num_rows, n = score.shape
+    offsets = torch.arange(0, num_rows * n, n, device=score.device)[:, None]
+    if score.dtype == torch.float32:
+        bits = score.contiguous().view(torch.int32).long()
+        keys = (offsets // n << 32) | bits
+        return keys.flatten().sort(stable=True).indices.view(num_rows, n)
+    return score.sort(dim=-1, stable=True).indices + offsets
+
+
 def balanced_clustering(
     x: torch.Tensor,
     group_size: int = DEFAULT_GROUP_SIZE,
@@ -125,7 +143,8 @@ def balanced_clustering(
     """Groups the tokens of every sequence into equal-size groups by content (module docstring).
 
     Args:
-        x: ``(S, N, D)`` features of ``S`` independent sequences.
+        x: ``(*, N, D)`` features; every index of the leading dimensions is an independent sequence, and
+            ``S`` below is their product (e.g. ``(B, heads, N, D)`` gives ``S = B * heads``).
         group_size: Target tokens per group (49 in BOAT).
         iterations: Centre refinements per split.
         temperature: Sharpness of the soft assignment.
@@ -133,44 +152,56 @@ def balanced_clustering(
     Returns:
         The group layout, the grouped token order and its inverse.
     """
-    if x.ndim != 3:
-        raise ValueError(f"expected (sequences, tokens, features), got shape {tuple(x.shape)}")
+    if x.ndim < 2 or x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise ValueError(f"expected (*, tokens, features) with tokens, features >= 1, got shape {tuple(x.shape)}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    num_seq, num_tokens, dim = x.shape
+    *lead, num_tokens, dim = x.shape
+    num_seq = math.prod(lead)
     plan = plan_groups(num_tokens, group_size)
     device = x.device
+    work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.no_grad():
-        work = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-        if plan.num_padding:
-            work = F.pad(work, (0, 0, 0, plan.num_padding))
-        order = torch.arange(plan.num_slots, device=device).expand(num_seq, -1)
+        # (sequence, slot) rows, regrouped level by level; padding rows stay zero
+        work = torch.zeros(num_seq * plan.num_slots, dim, dtype=work_dtype, device=device)
+        work.view(*lead, plan.num_slots, dim)[..., :num_tokens, :].copy_(x.detach())
+        spare = torch.empty_like(work) if plan.num_levels > 1 else None  # gather target, used in turn with work
+        inv_norm = 1 / torch.linalg.vector_norm(work, dim=-1).clamp_min(_NORM_EPS)  # cosine = dot * inv_norm
+        order = torch.arange(plan.num_slots, device=device).repeat(num_seq)
         for level in range(plan.num_levels):
             n = plan.num_slots >> level
             groups = work.view(-1, n, dim)
-            unit = F.normalize(groups, dim=-1)
             if plan.num_padding:
                 real = plan.real_counts(level, device).repeat(num_seq)[:, None]
                 in_first = torch.arange(n, device=device)[None, :] < (real + 1) // 2
-                halves = torch.stack([in_first, ~in_first], dim=-1).to(work.dtype)  # padding rows are 0
-                centres = halves.transpose(1, 2).bmm(groups)
+                halves = torch.stack([in_first, ~in_first], dim=1).to(work.dtype)  # padding rows are 0
+                half_sums = halves.bmm(groups)
             else:
-                centres = groups.view(-1, 2, n // 2, dim).mean(dim=2)
-            centres = F.normalize(centres, dim=-1)
+                half_sums = groups.view(-1, 2, n // 2, dim).sum(dim=2)
+            total = half_sums.sum(dim=1)
+            centres = F.normalize(half_sums, dim=-1)  # the means of both halves, normalised
+            inv_norm_groups = inv_norm.view(-1, 1, n)
             for _ in range(iterations):
-                soft = torch.softmax(unit.bmm(centres.transpose(1, 2)) * temperature, dim=-1)
-                centres = F.normalize(soft.transpose(1, 2).bmm(groups), dim=-1)
-            cos = unit.bmm(centres.transpose(1, 2))
-            score = (cos[..., 0] + 1) / (cos[..., 1] + 1)
+                # softmax over the two centres is a sigmoid of the cosine difference
+                cos_diff = torch.matmul((centres[:, :1] - centres[:, 1:]), groups.transpose(1, 2))
+                weight_first = torch.sigmoid(cos_diff * inv_norm_groups * temperature)
+                sum_first = weight_first.bmm(groups)[:, 0]
+                centres = F.normalize(torch.stack([sum_first, total - sum_first], dim=1), dim=-1)
+            cos = torch.matmul(centres, groups.transpose(1, 2)) * inv_norm_groups
+            tiny = torch.finfo(work.dtype).tiny  # keeps the score finite, so padding (inf) sorts last
+            score = (cos[:, 0] + 1).clamp_min(0) / (cos[:, 1] + 1).clamp_min(tiny)
             if plan.num_padding:
                 score = score.masked_fill(torch.arange(n, device=device)[None, :] >= real, float("inf"))
-            perm = score.sort(dim=-1).indices
+            rows = _sort_within_groups(score)
             if plan.num_padding:
                 split = _split_slots(plan, level, device)
-                perm = perm.view(num_seq, -1, n).gather(2, split.expand(num_seq, -1, -1)).view(-1, n)
-            order = order.reshape(-1, n).gather(1, perm).view(num_seq, -1)
-            rows = (perm + torch.arange(0, perm.numel(), n, device=device)[:, None]).flatten()
-            work = work.view(-1, dim).index_select(0, rows)
+                rows = rows.view(num_seq, -1, n).gather(2, split.expand(num_seq, -1, -1))
+            rows = rows.flatten()
+            order = order.index_select(0, rows)
+            if level + 1 < plan.num_levels:
+                work, spare = torch.index_select(work, 0, rows, out=spare), work
+                inv_norm = inv_norm.index_select(0, rows)
+        order = order.view(num_seq, -1)
         slots = torch.arange(plan.num_slots, device=device).expand(num_seq, -1)
         inverse = torch.empty_like(order).scatter_(1, order, slots)[:, :num_tokens]
     return Clustering(plan, order, inverse)

@@ -125,32 +125,38 @@ class FeatureSpaceLocalAttention(nn.Module):
         num_tokens = tokens.shape[1]
         heads, head_dim = self.num_heads, self.head_dim
 
-        qkv = self.qkv(tokens)  # (B, N, 3 * C) viewed as rows of (q|k|v, head) of head_dim features
-        rows = qkv.view(-1, head_dim)
-        q = qkv.view(batch, num_tokens, 3, heads, head_dim)[:, :, 0].transpose(1, 2)
+        # q, k and v as separate (B, N, C) planes: rows (b, token, head) of head_dim features each, and v is
+        # directly the channels-last image of the value convolution
+        q, k, v = (F.linear(tokens, w, b) for w, b in zip(*self._qkv_parts()))
+        num_seq = batch * heads
         if clustering is None:
             clustering = balanced_clustering(
-                q.reshape(batch * heads, num_tokens, head_dim), self.group_size, self.iterations, self.temperature
+                q.view(batch, num_tokens, heads, head_dim).transpose(1, 2),
+                self.group_size,
+                self.iterations,
+                self.temperature,
             )
         plan = clustering.plan
         device = x.device
 
-        # Row of (token, q|k|v = 0, head) in `rows`; padding slots point at a real row and are masked.
-        seq = torch.arange(batch * heads, device=device)
+        # Row of (b, token, head) in a plane; padding slots point at a real row (queries dropped, keys masked).
+        seq = torch.arange(num_seq, device=device)
         token = clustering.order.clamp(max=num_tokens - 1)
-        q_rows = ((seq // heads)[:, None] * num_tokens + token) * (3 * heads) + (seq % heads)[:, None]
+        q_rows = ((seq // heads)[:, None] * num_tokens + token) * heads + (seq % heads)[:, None]
         key_slots = torch.cat(
             [
                 torch.arange(plan.num_slots, device=device).view(plan.num_groups, plan.group_size),
                 sibling_overlap_slots(plan, self.overlap if plan.num_levels else 0, device),
             ],
             dim=1,
+        ).flatten()
+        k_rows = q_rows.index_select(1, key_slots).flatten()
+        group_shape = (num_seq, plan.num_groups, -1, head_dim)
+        values = v
+        q, k, v = (
+            plane.view(-1, head_dim).index_select(0, index).view(group_shape)
+            for plane, index in ((q, q_rows.flatten()), (k, k_rows), (v, k_rows))
         )
-        k_rows = q_rows[:, key_slots] + heads  # (S, groups, keys)
-        group_shape = (batch * heads, plan.num_groups, -1, head_dim)
-        q = rows.index_select(0, q_rows.flatten()).view(group_shape)
-        k = rows.index_select(0, k_rows.flatten()).view(group_shape)
-        v = rows.index_select(0, (k_rows + heads).flatten()).view(group_shape)
 
         mask = None
         if plan.num_padding:
@@ -166,7 +172,14 @@ class FeatureSpaceLocalAttention(nn.Module):
         out = out.reshape(-1, head_dim).index_select(0, out_rows.transpose(1, 2).flatten())
         out = out.view(batch, num_tokens, channels)
         if self.get_v is not None:
-            values = qkv[..., 2 * channels :].reshape(shape).permute(0, 3, 1, 2)
-            out = out + self.get_v(values).permute(0, 2, 3, 1).reshape(out.shape)
+            # (B, C, H, W) view of channels-last values, the fast layout for a depthwise convolution
+            lepe = self.get_v(values.view(shape).permute(0, 3, 1, 2))
+            out = out.add_(lepe.permute(0, 2, 3, 1).reshape(out.shape))
         out = self.proj_drop(self.proj(out))
         return out.reshape(shape), clustering
+
+    def _qkv_parts(self) -> tuple[tuple[torch.Tensor, ...], tuple[Optional[torch.Tensor], ...]]:
+        """Weights and biases of the q, k and v projections (row blocks of ``qkv``)."""
+        weights = self.qkv.weight.chunk(3)
+        biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        return weights, biases
