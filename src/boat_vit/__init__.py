@@ -1,0 +1,17 @@
+"""boat-vit: BOAT (Bilateral Local Attention) vision transformers for PyTorch and timm.
+
+Importing the package registers the BOAT models with timm (``timm.create_model("boat_swin_tiny_...")``).
+"""
+from .clustering import Clustering, GroupPlan, balanced_clustering, plan_groups
+from .layers import FeatureSpaceLocalAttention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Clustering",
+    "FeatureSpaceLocalAttention",
+    "GroupPlan",
+    "balanced_clustering",
+    "plan_groups",
+    "__version__",
+]
