@@ -10,6 +10,7 @@ from .clustering import (
     DEFAULT_ITERATIONS,
     DEFAULT_TEMPERATURE,
     Clustering,
+    GroupPlan,
     balanced_clustering,
     sibling_overlap_slots,
 )
@@ -143,26 +144,14 @@ class FeatureSpaceLocalAttention(nn.Module):
         seq = torch.arange(num_seq, device=device)
         token = clustering.order.clamp(max=num_tokens - 1)
         q_rows = ((seq // heads)[:, None] * num_tokens + token) * heads + (seq % heads)[:, None]
-        key_slots = torch.cat(
-            [
-                torch.arange(plan.num_slots, device=device).view(plan.num_groups, plan.group_size),
-                sibling_overlap_slots(plan, self.overlap if plan.num_levels else 0, device),
-            ],
-            dim=1,
-        ).flatten()
-        k_rows = q_rows.index_select(1, key_slots).flatten()
+        key_slots, mask = self._key_layout(plan, device)
+        k_rows = q_rows.index_select(1, key_slots.flatten()).flatten()
         group_shape = (num_seq, plan.num_groups, -1, head_dim)
         values = v
         q, k, v = (
             plane.view(-1, head_dim).index_select(0, index).view(group_shape)
             for plane, index in ((q, q_rows.flatten()), (k, k_rows), (v, k_rows))
         )
-
-        mask = None
-        if plan.num_padding:
-            real = plan.real_counts(plan.num_levels, device)[:, None]
-            own = torch.arange(key_slots.shape[1], device=device)[None, :]
-            mask = ((own < real) | (own >= plan.group_size))[:, None, :]  # (groups, 1, keys)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
         )
@@ -177,6 +166,22 @@ class FeatureSpaceLocalAttention(nn.Module):
             out = out.add_(lepe.permute(0, 2, 3, 1).reshape(out.shape))
         out = self.proj_drop(self.proj(out))
         return out.reshape(shape), clustering
+
+    def _key_layout(self, plan: GroupPlan, device: torch.device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Key slots of every group (its own slots, then the sibling overlap) and the mask of real keys.
+
+        Returns:
+            ``(groups, keys)`` slot indices, and ``None`` without padding or else a boolean
+            ``(groups, 1, keys)`` mask that is False at padding slots.
+        """
+        own = torch.arange(plan.num_slots, device=device).view(plan.num_groups, plan.group_size)
+        overlap = sibling_overlap_slots(plan, self.overlap if plan.num_levels else 0, device)
+        key_slots = torch.cat([own, overlap], dim=1)
+        if not plan.num_padding:
+            return key_slots, None
+        position = torch.arange(key_slots.shape[1], device=device)[None, :]
+        real = plan.real_counts(plan.num_levels, device)[:, None]
+        return key_slots, ((position < real) | (position >= plan.group_size))[:, None, :]
 
     def _qkv_parts(self) -> tuple[tuple[torch.Tensor, ...], tuple[Optional[torch.Tensor], ...]]:
         """Weights and biases of the q, k and v projections (row blocks of ``qkv``)."""
