@@ -126,12 +126,11 @@ def _sort_within_groups(score: torch.Tensor) -> torch.Tensor:
     CPU. Other dtypes use a row-wise sort.
     """
     num_rows, n = score.shape
-    offsets = torch.arange(0, num_rows * n, n, device=score.device)[:, None]
     if score.dtype == torch.float32:
-        bits = score.contiguous().view(torch.int32).long()
-        keys = (offsets // n << 32) | bits
+        row_keys = torch.arange(num_rows, device=score.device)[:, None] << 32
+        keys = score.contiguous().view(torch.int32).long() | row_keys
         return keys.flatten().sort(stable=True).indices.view(num_rows, n)
-    return score.sort(dim=-1, stable=True).indices + offsets
+    return score.sort(dim=-1, stable=True).indices + torch.arange(0, num_rows * n, n, device=score.device)[:, None]
 
 
 def balanced_clustering(
@@ -163,8 +162,10 @@ def balanced_clustering(
     work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.no_grad():
         # (sequence, slot) rows, regrouped level by level; padding rows stay zero
-        work = torch.zeros(num_seq * plan.num_slots, dim, dtype=work_dtype, device=device)
-        work.view(*lead, plan.num_slots, dim)[..., :num_tokens, :].copy_(x.detach())
+        work = torch.empty(num_seq * plan.num_slots, dim, dtype=work_dtype, device=device)
+        slots = work.view(*lead, plan.num_slots, dim)
+        slots[..., :num_tokens, :].copy_(x.detach())
+        slots[..., num_tokens:, :].zero_()
         spare = torch.empty_like(work) if plan.num_levels > 1 else None  # gather target, used in turn with work
         inv_norm = 1 / torch.linalg.vector_norm(work, dim=-1).clamp_min(_NORM_EPS)  # cosine = dot * inv_norm
         order = torch.arange(plan.num_slots, device=device).repeat(num_seq)
@@ -182,14 +183,15 @@ def balanced_clustering(
             centres = F.normalize(half_sums, dim=-1)  # the means of both halves, normalised
             inv_norm_groups = inv_norm.view(-1, 1, n)
             for _ in range(iterations):
-                # softmax over the two centres is a sigmoid of the cosine difference
-                cos_diff = torch.matmul((centres[:, :1] - centres[:, 1:]), groups.transpose(1, 2))
-                weight_first = torch.sigmoid(cos_diff * inv_norm_groups * temperature)
+                # softmax over the two centres is a sigmoid of the scaled cosine difference
+                direction = (centres[:, :1] - centres[:, 1:]) * temperature
+                weight_first = torch.sigmoid(torch.matmul(direction, groups.transpose(1, 2)) * inv_norm_groups)
                 sum_first = weight_first.bmm(groups)[:, 0]
                 centres = F.normalize(torch.stack([sum_first, total - sum_first], dim=1), dim=-1)
             cos = torch.matmul(centres, groups.transpose(1, 2)) * inv_norm_groups
-            tiny = torch.finfo(work.dtype).tiny  # keeps the score finite, so padding (inf) sorts last
-            score = (cos[:, 0] + 1).clamp_min(0) / (cos[:, 1] + 1).clamp_min(tiny)
+            # (1 + cos0) / (1 + cos1), kept positive and finite so that padding (inf) sorts last
+            shifted = (cos + 1).clamp_min_(torch.finfo(work.dtype).tiny)
+            score = shifted[:, 0] / shifted[:, 1]
             if plan.num_padding:
                 score = score.masked_fill(torch.arange(n, device=device)[None, :] >= real, float("inf"))
             rows = _sort_within_groups(score)
