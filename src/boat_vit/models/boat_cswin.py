@@ -9,7 +9,7 @@ whole map.
 
 BOAT (Yu et al., arXiv 2201.13027) adds feature-space local attention
 (:class:`~boat_vit.layers.FeatureSpaceLocalAttention`, FSLA) to the even blocks (0, 2, 4, ...) of every
-stage: ``x = x + drop_path(fsla(norm3(x)))`` after the stripe attention and before the MLP. As in the
+stage: ``x = x + drop_path(fsla(norm_fsla(x)))`` after the stripe attention and before the MLP. As in the
 released models, this FSLA scales its attention logits by 1.0 rather than ``head_dim ** -0.5``.
 
 Any input size and batch
@@ -40,7 +40,7 @@ load too, with the FSLA branches freshly initialised and listed in a warning.
 import logging
 import math
 import re
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -59,9 +59,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
+from ..checkpoint import fill_missing_from_model, register_layout_conversion, select_state_dict
 from ..layers import FeatureSpaceLocalAttention
 
-__all__ = ["BoatCSWin", "BoatCSWinBlock", "CrossShapedAttention", "checkpoint_filter_fn"]
+__all__ = ["BoatCSWin", "BoatCSWinBlock", "CrossShapedAttention", "checkpoint_filter_fn", "is_released_layout"]
 
 _logger = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class CrossShapedAttention(nn.Module):
 class BoatCSWinBlock(nn.Module):
     """CSWin block with an optional FSLA branch, on ``(B, H, W, C)`` token maps.
 
-    ``x + drop_path(attn(norm1(x)))``, then (with ``fsla``) ``x + drop_path(fsla(norm3(x)))``, then
+    ``x + drop_path(attn(norm1(x)))``, then (with ``fsla``) ``x + drop_path(fsla(norm_fsla(x)))``, then
     ``x + drop_path(mlp(norm2(x)))``.
     """
 
@@ -221,14 +222,14 @@ class BoatCSWinBlock(nn.Module):
             dim, num_heads, split_size, num_branches, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **dd
         )
         if fsla:
-            self.norm3 = norm_layer(dim, **dd)
+            self.norm_fsla = norm_layer(dim, **dd)  # released name: norm3
             # as released: FSLA's output dropout is the attention dropout rate
             self.fsla = FeatureSpaceLocalAttention(
                 dim, num_heads, qkv_bias=qkv_bias, qk_scale=fsla_qk_scale, attn_drop=attn_drop, proj_drop=attn_drop,
                 **dd,
             )
         else:
-            self.norm3 = self.fsla = None
+            self.norm_fsla = self.fsla = None
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -236,7 +237,7 @@ class BoatCSWinBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         if self.fsla is not None:
-            x = x + self.drop_path(self.fsla(self.norm3(x)))
+            x = x + self.drop_path(self.fsla(self.norm_fsla(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -424,6 +425,8 @@ class BoatCSWin(nn.Module):
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NCHW", **dd
         )
         self.apply(self._init_weights)
+        # `create_model(..., checkpoint_path=released.pth)` and `load_state_dict` accept the released layout
+        register_layout_conversion(self, checkpoint_filter_fn, is_released_layout)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -567,17 +570,10 @@ _BLOCK_RULES = (
     (re.compile(r"\.blocks\.(\d+)\.proj\."), r".blocks.\1.attn.proj."),
     (re.compile(r"\.blocks\.(\d+)\.attns\.(\d+)\.get_v\."), r".blocks.\1.attn.lepe.\2."),
     (re.compile(r"\.blocks\.(\d+)\.content_attn\."), r".blocks.\1.fsla."),
+    (re.compile(r"\.blocks\.(\d+)\.norm3\."), r".blocks.\1.norm_fsla."),
 )
-_FSLA_KEY = re.compile(r"\.blocks\.\d+\.(fsla|norm3)\.")
-
-
-def _select_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
-    """The weights of a checkpoint dict (EMA first, as timm), or the dict itself if it is a state dict."""
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        value = checkpoint.get(key)
-        if isinstance(value, dict):
-            return value
-    return checkpoint
+_RELEASED_KEY = re.compile(r"^(stage1_conv_embed|stage\d+|merge\d+)\.|^head\.(weight|bias)$")
+_FSLA_KEY = re.compile(r"\.blocks\.\d+\.(fsla|norm_fsla)\.")
 
 
 def _rename_released(key: str) -> str:
@@ -591,39 +587,36 @@ def _rename_released(key: str) -> str:
     return key
 
 
+def is_released_layout(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a state dict is in the released BOAT-CSWin / Microsoft CSWin layout rather than this model's."""
+    return any(_RELEASED_KEY.search(k) or ".content_attn." in k for k in state_dict)
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Converts released BOAT-CSWin / Microsoft CSWin weights to this model's layout.
 
-    Accepts a state dict or a whole checkpoint dict (``state_dict_ema`` preferred over ``state_dict``, as
-    timm does). Released keys (``stage1_conv_embed.*``, ``stage{i}.{j}.*``, ``merge{i}.*``,
+    Accepts a state dict or a whole checkpoint dict (weights picked by
+    :func:`boat_vit.checkpoint.select_state_dict`: ``state_dict_ema`` before ``state_dict``, as timm).
+    Released keys (``stage1_conv_embed.*``, ``stage{i}.{j}.*``, ``merge{i}.*``, ``attns.{b}.get_v.*``,
     ``content_attn.*``, ``norm3.*``, ``norm.*``, ``head.*``) are renamed; keys already in this layout pass
-    through. Derived buffers are dropped. FSLA weights the checkpoint lacks (plain CSWin checkpoints) are
-    taken from ``model``'s fresh initialisation and listed in a warning; FSLA weights the model has no place
-    for (FSLA turned off) are dropped with a warning. Every other mismatch is left to ``load_state_dict``.
+    through. Derived buffers are dropped. FSLA weights that the checkpoint lacks altogether (a plain CSWin
+    checkpoint) keep ``model``'s fresh initialisation and are listed in a warning; FSLA weights the model
+    has no place for (FSLA turned off) are dropped with a warning. Every other mismatch is left to
+    ``load_state_dict``.
     """
-    state_dict = _select_state_dict(state_dict)
+    state_dict, _ = select_state_dict(state_dict)
     out: Dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        key = key[len("module."):] if key.startswith("module.") else key
         if key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS:
             continue
         out[_rename_released(key)] = value
 
     own = model.state_dict()
-    missing = [k for k in own if k not in out and _FSLA_KEY.search(k)]
-    if missing:
-        _logger.warning(
-            "Checkpoint has no FSLA weights for %d tensors (a plain CSWin checkpoint?); they keep their fresh "
-            "initialisation: %s", len(missing), ", ".join(missing)
-        )
-        for k in missing:
-            out[k] = own[k]
+    fill_missing_from_model(out, model, lambda k: bool(_FSLA_KEY.search(k)), "FSLA")
     surplus = [k for k in out if k not in own and _FSLA_KEY.search(k)]
     if surplus:
         _logger.warning(
-            "Model has FSLA off where the checkpoint has FSLA weights; dropping %d tensors: %s",
+            "The model has FSLA off where the checkpoint has FSLA weights; dropping %d keys: %s",
             len(surplus), ", ".join(surplus),
         )
         for k in surplus:
