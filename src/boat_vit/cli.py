@@ -8,8 +8,11 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from .train import NonFiniteLossError
+
+USAGE_ERROR = 2
 # module (relative to boat_vit) of every sub-command, in the order `--help` lists them
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("train", "evaluate", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,9 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs ``boat-vit`` with ``argv`` (default: the process arguments); returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    """Runs ``boat-vit`` with ``argv`` (default: the process arguments); returns the exit status.
+
+    Bad input (missing files, wrong values, a diverging run) ends with a one-line message and status 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (FileNotFoundError, ValueError, NonFiniteLossError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""Process-group helpers for ``torchrun``: gloo on CPU, NCCL on CUDA; a no-op in a single process."""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Distributed", "setup_distributed"]
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process sits: rank, world size and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum over processes (float64 on the process device); identity in a single process."""
+        if not self.enabled:
+            return values
+        values = values.to(self.device, torch.float64)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values.cpu()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def shutdown(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Joins the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1), else a single process.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under ``torchrun`` CUDA processes use ``LOCAL_RANK``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    requested = torch.device(device)
+    if requested.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available (use --device cpu)")
+    if world_size <= 1:
+        return Distributed(device=requested)
+    rank = int(os.environ["RANK"])
+    if requested.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        requested = torch.device("cuda", local_rank)
+        torch.cuda.set_device(requested)
+    dist.init_process_group(backend="nccl" if requested.type == "cuda" else "gloo")
+    return Distributed(rank=rank, world_size=world_size, device=requested)

@@ -1,0 +1,453 @@
+"""Classification training: ``boat-vit train`` / ``python -m boat_vit.train``.
+
+One importable function, :func:`train`, takes a :class:`TrainConfig`; the command line only fills it.
+Runs scale from one CPU process to ``torchrun --nproc_per_node N`` (DistributedDataParallel). Every epoch
+writes an atomic checkpoint and a metrics row, and ``--resume`` continues a run exactly: every epoch
+starts from RNG states derived from the seed and the epoch, so a resumed run repeats the interrupted
+epoch bit for bit.
+"""
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data import GlobalBatchSampler, SeededSamples, ShardSampler, build_datasets, collate_skipping
+from .distributed import Distributed, setup_distributed
+from .evaluate import amp_dtype_for, evaluate, eval_transform_for
+from .factory import check_model_name, create_classifier, load_initial_weights
+from .runs import RunDirectory, load_checkpoint
+
+__all__ = ["TrainConfig", "PRESETS", "train", "resolve_config", "NonFiniteLossError"]
+
+EPOCH_SEED_STRIDE = 1_000_003  # per-epoch seeds of the model's RNG: seed * stride + epoch
+DIGITS_IMG_SIZE = 32
+
+# Drop-path rates of the released recipes per model size (BRIEF section 2).
+_DROP_PATH = {
+    "boat_swin": {"tiny": 0.2, "small": 0.3, "base": 0.5},
+    "boat_cswin": {"tiny": 0.2, "small": 0.4, "base": 0.5},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded default: a small BOAT-Swin on the 8x8 handwritten digits, upscaled to 32x32.
+    "digits": dict(
+        model="boat_swin_tiny_patch4_window7_224",
+        model_kwargs=dict(img_size=DIGITS_IMG_SIZE, patch_size=2, window_size=4, embed_dim=48,
+                          depths=(2, 2, 2), num_heads=(2, 4, 8)),
+        img_size=DIGITS_IMG_SIZE, epochs=40, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_epochs=3,
+        min_lr=1e-5, clip_grad=5.0, label_smoothing=0.1, drop_path=0.1, hflip=0.0, scale=(0.7, 1.0),
+        color_jitter=None, auto_augment=None, reprob=0.0, mixup=0.0, cutmix=0.0, crop_pct=1.0,
+    ),
+    # BOAT-Swin on ImageNet-1K (released recipe): lr 5e-4 per 512 images.
+    "boat_swin": dict(
+        epochs=300, batch_size=1024, base_lr=5e-4, lr_base_batch=512, weight_decay=0.05, warmup_epochs=20,
+        warmup_lr=5e-7, min_lr=5e-6, clip_grad=5.0, label_smoothing=0.1, auto_augment="rand-m9-mstd0.5-inc1",
+        reprob=0.25, mixup=0.8, cutmix=1.0, color_jitter=0.4, ema_decay=None,
+    ),
+    # BOAT-CSWin on ImageNet-1K (released recipe): lr 2e-3 per 2048 images, EMA, 10 cool-down epochs.
+    "boat_cswin": dict(
+        epochs=300, cooldown_epochs=10, batch_size=2048, base_lr=2e-3, lr_base_batch=2048, weight_decay=0.05,
+        warmup_epochs=20, warmup_lr=1e-6, min_lr=1e-5, label_smoothing=0.1, auto_augment="rand-m9-mstd0.5-inc1",
+        reprob=0.25, mixup=0.8, cutmix=1.0, color_jitter=0.4, ema_decay=0.99984,
+    ),
+}
+# BOAT-CSWin-B: batch 1024 at lr 1e-3, weight decay 0.1, EMA 0.99992.
+_CSWIN_BASE = dict(batch_size=1024, base_lr=1e-3, lr_base_batch=1024, weight_decay=0.1, ema_decay=0.99992)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. ``None`` means: from the preset, else the default noted."""
+
+    model: str = "boat_swin_tiny_patch4_window7_224"
+    data: str = "digits"
+    output: str = "runs/train"
+    preset: Optional[str] = None
+    model_kwargs: dict = field(default_factory=dict)
+    img_size: Optional[int] = None  # default: the model's pretrained cfg
+    epochs: int = 10
+    batch_size: int = 64  # global images per optimizer step (all processes, all accumulation steps)
+    accum_steps: int = 1
+    lr: Optional[float] = None  # default: base_lr * batch_size / lr_base_batch
+    base_lr: float = 5e-4
+    lr_base_batch: int = 512
+    min_lr: float = 1e-6
+    warmup_lr: float = 1e-6
+    warmup_epochs: int = 0
+    cooldown_epochs: int = 0
+    weight_decay: float = 0.05
+    clip_grad: Optional[float] = None
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    auto_augment: Optional[str] = None
+    color_jitter: Optional[float] = 0.4
+    hflip: float = 0.5
+    scale: tuple = (0.08, 1.0)
+    reprob: float = 0.0
+    crop_pct: Optional[float] = None
+    drop_path: Optional[float] = None  # default: the released rate for the model size, else 0.1
+    ema_decay: Optional[float] = None
+    grad_checkpointing: bool = False
+    amp: bool = False
+    amp_dtype: Optional[str] = None  # default: bfloat16 on CPU, float16 on CUDA
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    seed: int = 0
+    workers: int = 2
+    resume: Optional[str] = None
+    pretrained_file: Optional[str] = None
+    initial_checkpoint: Optional[str] = None
+    reset_head: bool = False
+    progress: bool = True
+
+
+def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored)."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    preset = values.get("preset")
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        merged.update(PRESETS[preset])
+        model = values.get("model", merged.get("model", TrainConfig.model))
+        if preset == "boat_cswin" and "base" in model:
+            merged.update(_CSWIN_BASE)
+        size = next((s for s in ("tiny", "small", "base") if s in model), None)
+        if preset in _DROP_PATH and size:
+            merged["drop_path"] = _DROP_PATH[preset][size]
+    merged.update(values)
+    unknown = set(merged) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown training options: {sorted(unknown)}")
+    config = TrainConfig(**merged)
+    if config.lr is None:
+        config.lr = config.base_lr * config.batch_size / config.lr_base_batch
+    if config.drop_path is None:
+        config.drop_path = 0.1
+    return config
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    return dict(
+        torch=torch.get_rng_state(),
+        numpy=torch.from_numpy(numpy_state[1].astype(np.int64)),
+        numpy_pos=int(numpy_state[2]),
+        python=list(random.getstate()[1]),
+    )
+
+
+def _transforms(config: TrainConfig):
+    from timm.data import create_transform, resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    overrides = dict(input_size=(3, config.img_size, config.img_size)) if config.img_size else {}
+    data_config = resolve_data_config(overrides, pretrained_cfg=get_pretrained_cfg(config.model).to_dict())
+    if config.crop_pct is not None:
+        data_config["crop_pct"] = config.crop_pct
+    train_transform = create_transform(
+        data_config["input_size"], is_training=True, scale=tuple(config.scale), hflip=config.hflip,
+        color_jitter=config.color_jitter, auto_augment=config.auto_augment, interpolation="bicubic",
+        mean=data_config["mean"], std=data_config["std"], re_prob=config.reprob,
+    )
+    return train_transform, eval_transform_for(data_config), data_config
+
+
+def _criterion(config: TrainConfig, num_classes: int):
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if config.mixup > 0 or config.cutmix > 0:
+        mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.label_smoothing,
+                      num_classes=num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    if config.label_smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=config.label_smoothing)
+    return None, nn.CrossEntropyLoss()
+
+
+def _check_batching(config: TrainConfig, world: Distributed) -> int:
+    per_step = world.world_size * config.accum_steps
+    if config.batch_size % per_step:
+        raise ValueError(
+            f"batch size {config.batch_size} must be divisible by processes x accumulation steps ({per_step})"
+        )
+    return config.batch_size // config.accum_steps  # images per micro-step over all processes
+
+
+def train(config: TrainConfig) -> dict:
+    """Trains (or resumes) a classifier as ``config`` says; returns the summary written to ``summary.json``."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3, dispatch_clip_grad
+
+    start_time = time.time()
+    world = setup_distributed(config.device)
+    try:
+        micro_batch = _check_batching(config, world)
+        _seed_everything(config.seed)
+        run = RunDirectory(config.output) if world.is_main else None
+        resume_state = _resume_state(config)
+
+        check_model_name(config.model)
+        train_transform, eval_transform, data_config = _transforms(config)
+        train_set, val_set = build_datasets(config.data, train_transform, eval_transform)
+        class_names = list(train_set.classes)
+        model = create_classifier(config.model, num_classes=len(class_names), pretrained_file=config.pretrained_file,
+                                  drop_path_rate=config.drop_path, **config.model_kwargs)
+        if config.initial_checkpoint:
+            missing = load_initial_weights(model, config.initial_checkpoint, config.reset_head)
+            if missing and world.is_main:
+                print(f"initial checkpoint: {len(missing)} tensors left at initial values: {missing[:6]}")
+        if config.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        model.to(world.device)
+
+        sampler = GlobalBatchSampler(len(train_set), micro_batch, world.rank, world.world_size, config.seed)
+        train_loader = DataLoader(SeededSamples(train_set), batch_sampler=sampler, num_workers=config.workers,
+                                  collate_fn=collate_skipping, persistent_workers=config.workers > 0)
+        val_loader = DataLoader(val_set, batch_size=max(1, micro_batch // world.world_size),
+                                sampler=ShardSampler(len(val_set), world.rank, world.world_size),
+                                num_workers=config.workers, collate_fn=collate_skipping)
+        updates_per_epoch = len(sampler) // config.accum_steps
+        if updates_per_epoch == 0:
+            raise ValueError(f"fewer than {config.accum_steps} batches per epoch: lower --accum-steps")
+
+        optimizer = create_optimizer_v2(model, "adamw", lr=config.lr, weight_decay=config.weight_decay)
+        scheduler, total_epochs = create_scheduler_v2(
+            optimizer, "cosine", num_epochs=config.epochs, warmup_epochs=config.warmup_epochs,
+            cooldown_epochs=config.cooldown_epochs, min_lr=config.min_lr, warmup_lr=config.warmup_lr,
+            step_on_epochs=False, updates_per_epoch=updates_per_epoch,
+        )
+        amp_dtype = amp_dtype_for(world.device, config.amp, config.amp_dtype)
+        scaler = torch.amp.GradScaler(world.device.type, enabled=amp_dtype == torch.float16)
+        ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay else None
+        mixup, criterion = _criterion(config, len(class_names))
+
+        start_epoch, rows, best = 0, [], dict(top1=-1.0, top5=-1.0, epoch=-1)
+        if resume_state is not None:
+            model.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+            scaler.load_state_dict(resume_state["scaler"])
+            if ema is not None and resume_state.get("ema") is not None:
+                ema.load_state_dict(resume_state["ema"])
+            start_epoch, rows, best = resume_state["epoch"] + 1, resume_state["metrics"], resume_state["best"]
+        ddp_model = DistributedDataParallel(model) if world.enabled else model
+
+        for epoch in range(start_epoch, total_epochs):
+            _seed_everything(config.seed * EPOCH_SEED_STRIDE + epoch)
+            sampler.set_epoch(epoch)
+            epoch_stats = _train_one_epoch(
+                ddp_model, model, train_loader, optimizer, scheduler, scaler, ema, mixup, criterion, config,
+                world, amp_dtype, epoch, total_epochs, updates_per_epoch, dispatch_clip_grad,
+            )
+            metrics = evaluate(model, val_loader, world, amp_dtype, progress=config.progress and world.is_main,
+                               description=f"eval {epoch + 1}/{total_epochs}")
+            ema_metrics = (evaluate(ema.module, val_loader, world, amp_dtype, progress=False)
+                           if ema is not None else None)
+            row = dict(epoch=epoch, train_loss=epoch_stats["loss"], lr=epoch_stats["lr"], val_loss=metrics["loss"],
+                       top1=metrics["top1"], top5=metrics["top5"],
+                       ema_top1=ema_metrics["top1"] if ema_metrics else None,
+                       ema_top5=ema_metrics["top5"] if ema_metrics else None,
+                       images_per_s=epoch_stats["images_per_s"],
+                       skipped_images=epoch_stats["skipped"] + metrics["skipped"])
+            rows.append(row)
+            score = max(row["top1"], row["ema_top1"] or -1.0)
+            is_best = score > best["top1"]
+            if is_best:
+                best = dict(top1=score, top5=row["top5"] if score == row["top1"] else row["ema_top5"], epoch=epoch)
+            if run is not None:
+                run.save_checkpoint(
+                    dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         scaler=scaler.state_dict(), ema=ema.state_dict() if ema is not None else None, epoch=epoch,
+                         best=best, metrics=rows, rng=_rng_state(), config=dataclasses.asdict(config),
+                         model_name=config.model, model_kwargs=config.model_kwargs, class_names=class_names,
+                         data_config=data_config),
+                    is_best,
+                )
+                run.write_metrics(rows)
+                run.plot(rows, title=f"{config.model} on {config.data}")
+            world.barrier()
+
+        summary = dict(
+            model=config.model, data=config.data, epochs=total_epochs,
+            final_top1=rows[-1]["top1"] if rows else None, final_top5=rows[-1]["top5"] if rows else None,
+            best_top1=best["top1"], best_top5=best["top5"], best_epoch=best["epoch"],
+            wall_time_s=time.time() - start_time, world_size=world.world_size,
+            skipped_images=sum(row["skipped_images"] for row in rows), output=str(config.output),
+            args=dataclasses.asdict(config),
+        )
+        if run is not None:
+            run.write_summary(summary)
+        return summary
+    finally:
+        world.shutdown()
+
+
+def _resume_state(config: TrainConfig) -> Optional[dict]:
+    if config.resume is None:
+        return None
+    path = Path(config.resume)
+    path = path / "last.pth" if path.is_dir() else path
+    state = load_checkpoint(path)
+    if state["model_name"] != config.model:
+        raise ValueError(f"{path} was trained as {state['model_name']!r}, not {config.model!r}")
+    return state
+
+
+def _train_one_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, ema, mixup, criterion,
+                     config: TrainConfig, world: Distributed, amp_dtype, epoch: int, total_epochs: int,
+                     updates_per_epoch: int, clip_grad_fn) -> dict:
+    ddp_model.train()
+    device = world.device
+    num_updates = epoch * updates_per_epoch
+    loss_sum, seen, skipped, started = 0.0, 0, 0, time.perf_counter()
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext())
+    batches = tqdm(loader, desc=f"train {epoch + 1}/{total_epochs}", disable=not (config.progress and world.is_main),
+                   leave=False, dynamic_ncols=True)
+    optimizer.zero_grad(set_to_none=True)
+    for step, (images, targets, lost) in enumerate(batches):
+        skipped += lost
+        last_micro_step = (step + 1) % config.accum_steps == 0
+        if mixup is not None and len(images) % 2:  # mixup pairs images: drop one when a skip made it odd
+            images, targets = images[:-1], targets[:-1]
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if mixup is not None and len(images):
+            images, targets = mixup(images, targets)
+        sync = nullcontext() if (last_micro_step or not world.enabled) else ddp_model.no_sync()
+        with sync:
+            with autocast:
+                loss = criterion(ddp_model(images), targets) if len(images) else images.new_zeros(())
+            finite = torch.isfinite(loss.detach()).to(torch.float64)
+            if world.enabled:
+                finite = world.all_reduce_sum(finite.reshape(1)) / world.world_size
+            if float(finite) < 1:
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch + 1}, step {step + 1}; the run stopped and the last good "
+                    f"checkpoint in {config.output} is intact (try a lower --lr, --clip-grad or no --amp)"
+                )
+            scaler.scale(loss / config.accum_steps).backward()
+        if last_micro_step:
+            if config.clip_grad:
+                scaler.unscale_(optimizer)
+                clip_grad_fn(model.parameters(), config.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            num_updates += 1
+            scheduler.step_update(num_updates)
+            if ema is not None:
+                ema.update(model, step=num_updates)
+        loss_sum += float(loss.detach()) * len(images)
+        seen += len(images)
+        elapsed = time.perf_counter() - started
+        batches.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                            img_s=f"{seen * world.world_size / max(elapsed, 1e-9):.1f}")
+    totals = world.all_reduce_sum(torch.tensor([loss_sum, seen, skipped], dtype=torch.float64))
+    elapsed = time.perf_counter() - started
+    return dict(loss=float(totals[0] / max(totals[1], 1)), lr=optimizer.param_groups[0]["lr"],
+                images_per_s=float(totals[1]) / elapsed, skipped=int(totals[2]))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train`` options; every recipe knob defaults to the preset, then to :class:`TrainConfig`."""
+    defaults = TrainConfig()
+    add = parser.add_argument
+    add("--model", help=f"timm model name (default: the preset's, else {defaults.model})")
+    add("--data", help="ImageNet-style folder with train/ and val/ class sub-folders, or 'digits' "
+                       "(embedded handwritten digits, no download; the default)")
+    add("--output", help=f"run directory for checkpoints, metrics.csv, summary.json, curves.png "
+                         f"(default {defaults.output})")
+    add("--preset", choices=sorted(PRESETS), help="a recipe: 'digits' (the embedded demo), 'boat_swin' or "
+                                                  "'boat_cswin' (the released ImageNet recipes); options override it")
+    add("--model-kwargs", type=json.loads, help='JSON keyword arguments for the model, e.g. \'{"embed_dim": 48}\'')
+    add("--img-size", type=int, help="square training/eval resolution (default: the model's pretrained cfg)")
+    add("--epochs", type=int, help=f"training epochs (default {defaults.epochs})")
+    add("--batch-size", type=int, help="global images per optimizer step, over all processes and accumulation "
+                                       f"steps (default {defaults.batch_size})")
+    add("--accum-steps", type=int, help="gradient accumulation steps per optimizer step (default 1)")
+    add("--lr", type=float, help="peak learning rate (default: base lr x batch size / lr base batch)")
+    add("--base-lr", type=float, help=f"learning rate per --lr-base-batch images (default {defaults.base_lr})")
+    add("--lr-base-batch", type=int, help=f"batch size the base lr refers to (default {defaults.lr_base_batch})")
+    add("--min-lr", type=float, help=f"final cosine learning rate (default {defaults.min_lr})")
+    add("--warmup-lr", type=float, help=f"learning rate at the start of the linear warm-up (default {defaults.warmup_lr})")
+    add("--warmup-epochs", type=int, help="linear warm-up epochs, stepped per update (default 0)")
+    add("--cooldown-epochs", type=int, help="epochs at min lr after the cosine (default 0)")
+    add("--weight-decay", type=float, help=f"AdamW weight decay; norms, biases and the model's no_weight_decay "
+                                           f"set are exempt (default {defaults.weight_decay})")
+    add("--clip-grad", type=float, help="clip the gradient norm to this value (default: no clipping)")
+    add("--label-smoothing", type=float, help=f"label smoothing (default {defaults.label_smoothing})")
+    add("--mixup", type=float, help="mixup alpha, 0 disables (default 0)")
+    add("--cutmix", type=float, help="cutmix alpha, 0 disables (default 0)")
+    add("--auto-augment", help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (default: none)")
+    add("--color-jitter", type=float, help=f"colour jitter strength (default {defaults.color_jitter})")
+    add("--hflip", type=float, help=f"horizontal flip probability (default {defaults.hflip})")
+    add("--reprob", type=float, help="random erasing probability (default 0)")
+    add("--drop-path", type=float, help="stochastic depth rate (default: the released rate for the model size)")
+    add("--ema-decay", type=float, help="keep an EMA of the weights with this decay, evaluated and saved")
+    add("--grad-checkpointing", action="store_true", default=None, help="trade compute for activation memory")
+    add("--amp", action="store_true", default=None, help="mixed precision: bfloat16 on CPU, float16 with a "
+                                                         "grad scaler on CUDA")
+    add("--amp-dtype", choices=["float16", "bfloat16"], help="override the mixed-precision dtype")
+    add("--device", help=f"cpu, cuda or cuda:N (default {defaults.device}); torchrun picks cuda:LOCAL_RANK")
+    add("--seed", type=int, help=f"seed of weights, data order and augmentation (default {defaults.seed})")
+    add("--workers", type=int, help=f"data loading processes per training process (default {defaults.workers})")
+    add("--resume", help="continue a run from its run directory or a last.pth checkpoint")
+    add("--pretrained-file", help="initial weights through the model's checkpoint filter (e.g. released BOAT "
+                                  "weights as downloaded)")
+    add("--initial-checkpoint", help="initial weights from a boat-vit checkpoint or a safetensors file")
+    add("--reset-head", action="store_true", default=None, help="with --initial-checkpoint: start the classifier "
+                                                                "afresh when its class count differs")
+    add("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in vars(args).items() if k != "func"}
+    summary = train(resolve_config(overrides))
+    if summary.get("output"):
+        print(f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch'] + 1}), final top-1 "
+              f"{summary['final_top1']:.2f}%; results in {summary['output']}/ "
+              f"(summary.json, metrics.csv, curves.png, best.pth, last.pth)")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a classifier", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(func=run_from_args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
