@@ -231,3 +231,25 @@ def test_help_explains_options(capsys):
     for option in ("--model", "--data", "--epochs", "--batch-size", "--output", "--resume", "--preset",
                    "--pretrained-file", "--initial-checkpoint", "--seed", "--amp", "--device", "--ema-decay"):
         assert option in text
+
+
+def test_accumulation_equals_one_big_batch(shapes_folder, tmp_path):
+    recipe = ("--drop-path", "0", "--label-smoothing", "0")
+    plain, accumulated = tmp_path / "plain", tmp_path / "accumulated"
+    assert cli_main(_train_args(shapes_folder, plain, 1, *recipe)) == 0
+    assert cli_main(_train_args(shapes_folder, accumulated, 1, *recipe, "--accum-steps", "2")) == 0
+    _assert_same_weights(_final_weights(plain), _final_weights(accumulated), atol=1e-5)
+
+
+def test_ema_and_bfloat16_autocast(shapes_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_main(_train_args(shapes_folder, run, 2, "--ema-decay", "0.9", "--amp")) == 0
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert last[header.index("ema_top1")] != "" and json.loads((run / "summary.json").read_text())["args"]["amp"]
+    state = load_checkpoint(run / "last.pth")
+    assert state["ema"] is not None and any(k.startswith("module.") for k in state["ema"])
+    capsys.readouterr()
+    assert cli_main(["eval", "--checkpoint", str(run / "last.pth"), "--ema", "--data", str(shapes_folder),
+                     "--workers", "0"]) == 0
+    assert "top-1" in capsys.readouterr().out
