@@ -4,6 +4,7 @@ Importing the package registers the BOAT models with timm (``timm.create_model("
 """
 from .clustering import Clustering, GroupPlan, balanced_clustering, plan_groups
 from .layers import FeatureSpaceLocalAttention
+from . import models  # noqa: F401  (registers the BOAT models with timm)
 
 __version__ = "0.1.0"
 
