@@ -1,0 +1,105 @@
+"""``boat-vit bench``: every model in table, CSV and JSON with positive numbers, exact parameter counts, ratios."""
+import contextlib
+import csv
+import io
+import json
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from boat_vit.bench import BenchConfig, benchmark_models, count_macs, markdown_table
+from boat_vit.cli import main
+
+TINY_KWARGS = dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2), img_size=64)
+MODELS = ("boat_swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224")
+POSITIVE_KEYS = ("params", "gmacs", "throughput", "latency_ms", "peak_memory_mib")
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One CLI run over both tiny models: (stdout, CSV rows, JSON document)."""
+    folder = tmp_path_factory.mktemp("bench")
+    csv_path, json_path = folder / "bench.csv", folder / "bench.json"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main(["bench", *MODELS, "--model-kwargs", json.dumps(TINY_KWARGS), "--batch-size", str(BATCH),
+                       "--warmup", "1", "--repeats", "2", "--device", "cpu", "--csv", str(csv_path),
+                       "--json", str(json_path)])
+    assert status == 0
+    with open(csv_path, newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    return stdout.getvalue(), csv_rows, json.loads(json_path.read_text())
+
+
+def test_table_lists_every_model(bench_run):
+    table, _, _ = bench_run
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + len(MODELS)  # heading and one line per model
+    for name, line in zip(MODELS, lines[1:]):
+        assert line.startswith(f"| {name} | 64x64 |")
+    assert lines[1].endswith("| 1.00x | 1.00x | 1.00x |")
+
+
+def test_csv_and_json_rows(bench_run):
+    _, csv_rows, document = bench_run
+    rows = document["results"]
+    assert [r["model"] for r in rows] == [r["model"] for r in csv_rows] == list(MODELS)
+    assert document["environment"]["device"] == "cpu" and document["config"]["batch_size"] == BATCH
+    for row, csv_row in zip(rows, csv_rows):
+        for key in POSITIVE_KEYS:
+            assert row[key] > 0, key
+            assert float(csv_row[key]) == pytest.approx(row[key]), key
+        assert row["throughput"] == pytest.approx(BATCH / row["latency_ms"] * 1e3)
+    for key in ("throughput_ratio", "gmacs_ratio", "params_ratio", "memory_ratio"):
+        assert rows[0][key] == 1.0
+
+
+def test_parameter_counts_are_exact(bench_run):
+    _, _, document = bench_run
+    for row in document["results"]:
+        model = timm.create_model(row["model"], **TINY_KWARGS)
+        assert row["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_boat_counts_more_macs_than_its_host(bench_run):
+    """The FSLA branches add work: its attention (fused on CPU) is counted."""
+    _, _, document = bench_run
+    boat, swin = document["results"]
+    assert boat["gmacs"] > swin["gmacs"]
+
+
+class _Attention(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(x, x, x)
+
+
+def test_count_macs_includes_cpu_fused_attention():
+    batch, heads, tokens, dim = 2, 3, 10, 8
+    macs = count_macs(_Attention(), torch.randn(batch, heads, tokens, dim))
+    assert macs == 2 * batch * heads * tokens * tokens * dim  # q k^T and weights v
+
+
+def test_training_step_without_memory():
+    rows = benchmark_models(MODELS[:1], BenchConfig(batch_size=BATCH, train=True, warmup=1, repeats=1,
+                                                    model_kwargs=TINY_KWARGS, measure_memory=False))
+    (row,) = rows
+    assert row["throughput"] > 0 and row["peak_memory_mib"] is None and row["memory_ratio"] is None
+    assert "| n/a |" in markdown_table(rows)
+
+
+def test_unknown_model_names_a_close_match(capsys):
+    assert main(["bench", "boat_swin_tiny_patch4_window7", "--repeats", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown model 'boat_swin_tiny_patch4_window7'" in error
+    assert "boat_swin_tiny_patch4_window7_224" in error
+
+
+@pytest.mark.parametrize("change", [dict(repeats=0), dict(batch_size=0), dict(dtype="float8"),
+                                    dict(compile=True, warmup=0)])
+def test_bad_settings_are_value_errors(change):
+    with pytest.raises(ValueError):
+        benchmark_models(MODELS[:1], BenchConfig(**change))
