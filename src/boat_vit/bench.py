@@ -46,7 +46,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from .evaluate import amp_dtype_for
 from .factory import check_model_name
 
-__all__ = ["BenchConfig", "benchmark_models", "environment", "markdown_table", "write_csv", "write_json"]
+__all__ = [
+    "BenchConfig",
+    "benchmark_models",
+    "count_macs",
+    "measure_peak_memory",
+    "environment",
+    "markdown_table",
+    "write_csv",
+    "write_json",
+    "resident_bytes",
+    "reset_peak_resident",
+]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_BATCH_SIZE = 8
@@ -224,34 +235,36 @@ def _timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _read_proc_status_bytes(field_name: str) -> int:
+def resident_bytes(peak: bool = False) -> int:
+    """This process's current (``VmRSS``) or peak (``VmHWM``) resident set size in bytes (Linux)."""
+    key = "VmHWM:" if peak else "VmRSS:"
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith(field_name + ":"):
+            if line.startswith(key):
                 return int(line.split()[1]) * KIB
-    raise KeyError(field_name)
+    raise OSError(f"/proc/self/status has no {key}")
 
 
-def _max_rss_bytes() -> int:
-    """Lifetime peak RSS: ``ru_maxrss`` is in KiB on Linux, bytes on macOS."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * KIB
-
-
-def _can_reset_peak_rss() -> bool:
+def reset_peak_resident() -> bool:
+    """Sets this process's peak resident size to its current size; False where the system cannot (not Linux)."""
     try:
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write(_RESET_PEAK_RSS)
-        _read_proc_status_bytes("VmHWM")
-        return True
-    except (OSError, KeyError):
+        resident_bytes(peak=True)
+    except OSError:
         return False
+    return True
+
+
+def _lifetime_peak_rss_bytes() -> int:
+    """``ru_maxrss`` in bytes: it is in KiB on Linux, bytes on macOS."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * KIB
 
 
 def _peak_memory_here(name: str, config: BenchConfig) -> int:
     """Peak bytes of one pass of ``name`` run alone in this (fresh) process (module docstring)."""
     device = torch.device(config.device)
-    torch.set_grad_enabled(True)
     if device.type == "cuda":
         contender = _prepare(name, config)
         contender.step()
@@ -260,17 +273,16 @@ def _peak_memory_here(name: str, config: BenchConfig) -> int:
         contender.step()
         _synchronize(device)
         return torch.cuda.max_memory_allocated(device)
-    resettable = _can_reset_peak_rss()
-    baseline = _read_proc_status_bytes("VmRSS") if resettable else _max_rss_bytes()
+    resettable = reset_peak_resident()
+    baseline = resident_bytes() if resettable else _lifetime_peak_rss_bytes()
     contender = _prepare(name, config)
     contender.step()
     if not resettable:
         contender.step()
-        return _max_rss_bytes() - baseline
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write(_RESET_PEAK_RSS)
+        return _lifetime_peak_rss_bytes() - baseline
+    reset_peak_resident()
     contender.step()
-    return _read_proc_status_bytes("VmHWM") - baseline
+    return resident_bytes(peak=True) - baseline
 
 
 def _memory_child_main() -> None:
