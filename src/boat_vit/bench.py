@@ -77,8 +77,8 @@ class BenchConfig:
 
     Attributes:
         batch_size: Images per pass.
-        img_size: Square input size; ``None`` uses each model's own (its ``img_size`` keyword, else its
-            pretrained config).
+        img_size: Square input size, passed to the model's constructor where it takes one (a Swin keeps its
+            window size); ``None`` uses each model's own (its ``img_size`` keyword, else its pretrained config).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: Dtype of weights and inputs (``float32``, ``float16``, ``bfloat16``).
         amp: Autocast (mixed precision); ``amp_dtype`` defaults to bfloat16 on CPU, float16 on CUDA.
@@ -154,12 +154,22 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def _input_size(model: nn.Module, config: BenchConfig) -> tuple[int, int]:
+def _create_model(name: str, config: BenchConfig) -> tuple[nn.Module, tuple[int, int]]:
+    """The model and its input size; ``img_size`` is a constructor argument (architecture unchanged)."""
+    kwargs = dict(config.model_kwargs)
     if config.img_size is not None:
-        return config.img_size, config.img_size
-    if "img_size" in config.model_kwargs:
-        return timm.layers.to_2tuple(config.model_kwargs["img_size"])
-    return tuple(timm.data.resolve_model_data_config(model)["input_size"][1:])
+        kwargs["img_size"] = config.img_size
+    try:
+        model = timm.create_model(name, **kwargs)
+    except TypeError:
+        if config.img_size is None:
+            raise
+        del kwargs["img_size"]  # a model of any input size (e.g. a convolutional network)
+        model = timm.create_model(name, **kwargs)
+    size = config.img_size or config.model_kwargs.get("img_size")
+    if size is not None:
+        return model, timm.layers.to_2tuple(size)
+    return model, tuple(timm.data.resolve_model_data_config(model)["input_size"][1:])
 
 
 @dataclass
@@ -177,10 +187,7 @@ def _prepare(name: str, config: BenchConfig) -> _Contender:
     """Builds ``name`` on the device in the configured dtype and format; returns its pass function."""
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
     torch.manual_seed(config.seed)
-    model = timm.create_model(name, **config.model_kwargs)
-    input_size = _input_size(model, config)
-    if hasattr(model, "set_input_size") and config.img_size is not None:
-        model.set_input_size(img_size=input_size)
+    model, input_size = _create_model(name, config)
     params = sum(p.numel() for p in model.parameters())
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device=device, dtype=dtype, memory_format=memory_format)
@@ -445,7 +452,8 @@ def add_parser(subparsers) -> None:
     add("models", nargs="+", metavar="MODEL", help="timm model names, e.g. swin_tiny_patch4_window7_224 "
                                                     "boat_swin_tiny_patch4_window7_224")
     add("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"images per pass (default {DEFAULT_BATCH_SIZE})")
-    add("--img-size", type=int, help="square input size (default: each model's own)")
+    add("--img-size", type=int, help="square input size, given to each model's constructor where it takes one "
+                                     "(default: each model's own)")
     add("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of weights and inputs (default float32)")
     add("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
     add("--amp-dtype", choices=["float16", "bfloat16"], help="override the autocast dtype")
