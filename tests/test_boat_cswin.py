@@ -373,6 +373,21 @@ def test_stripe_attention_padding_equals_shorter_stripes(split, branches, height
     torch.testing.assert_close(attn(x), naive_cross_shaped(attn, x), rtol=0, atol=1e-12)
 
 
+def test_stripe_attention_gradients_match_naive():
+    torch.manual_seed(0)
+    attn = CrossShapedAttention(32, 4, split_size=7, num_branches=2).double()
+    x = torch.randn(2, 9, 17, 32, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 9, 17, 32, dtype=torch.float64)
+    grads = []
+    for fn in (attn, lambda t: naive_cross_shaped(attn, t)):
+        attn.zero_grad()
+        x.grad = None
+        (fn(x) * weight).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in attn.parameters()])
+    for ours, naive in zip(*grads):
+        torch.testing.assert_close(ours, naive, rtol=0, atol=1e-10)
+
+
 # ---- batch ---------------------------------------------------------------------------------------------------
 
 

@@ -137,57 +137,72 @@ class CrossShapedAttention(nn.Module):
         batch, height, width, channels = x.shape
         qkv = self.qkv(x).view(batch, height, width, 3, channels)
         if self.num_branches == 1:
-            out = self._branch(qkv, self.lepe[0], height, width)
+            # one window over the whole map: a stripe as tall as the map
+            out = self._stripes(qkv, self.lepe[0].weight, self.lepe[0].bias, height)
         else:
             half = channels // 2
             split = self.split_size
-            out = torch.cat(
-                [
-                    # vertical stripes: full height, `split` columns
-                    self._branch(qkv[..., :half], self.lepe[0], height, min(split, width)),
-                    # horizontal stripes: `split` rows, full width
-                    self._branch(qkv[..., half:], self.lepe[1], min(split, height), width),
-                ],
-                dim=-1,
-            )
+            # vertical stripes (full height, `split` columns) are horizontal stripes of the transposed map
+            vertical = self._stripes(
+                qkv[..., :half].transpose(1, 2),
+                self.lepe[0].weight.transpose(-1, -2),
+                self.lepe[0].bias,
+                min(split, width),
+            ).transpose(1, 2)
+            # horizontal stripes: `split` rows, full width
+            horizontal = self._stripes(qkv[..., half:], self.lepe[1].weight, self.lepe[1].bias, min(split, height))
+            out = torch.cat([vertical, horizontal], dim=-1)
         return self.proj_drop(self.proj(out))
 
-    def _branch(self, qkv: torch.Tensor, lepe: nn.Module, win_h: int, win_w: int) -> torch.Tensor:
-        """Attention of one branch inside ``win_h x win_w`` windows; ``qkv`` is ``(B, H, W, 3, c)``."""
+    def _stripes(
+        self,
+        qkv: torch.Tensor,
+        lepe_weight: torch.Tensor,
+        lepe_bias: Optional[torch.Tensor],
+        rows: int,
+    ) -> torch.Tensor:
+        """Attention inside horizontal stripes of ``rows`` rows x full width, plus LePE.
+
+        ``qkv``: ``(B, H, W, 3, c)``, any strides; returns ``(B, H, W, c)``. Stripes are whole rows of the
+        row-major token map, so the stripes of an unpadded map are views; the last stripe is padded with zero
+        tokens (masked as keys) when ``rows`` does not divide ``H``.
+        """
         batch, height, width, _, channels = qkv.shape
         heads = self.num_heads // self.num_branches
         head_dim = channels // heads
-        pad_h, pad_w = -height % win_h, -width % win_w
-        if pad_h or pad_w:
+        pad = -height % rows
+        if pad:
             # zeros: padded values add nothing to LePE (as at any stripe border); padded keys are masked
-            qkv = F.pad(qkv, (0, 0, 0, 0, 0, pad_w, 0, pad_h))
-        rows, cols = (height + pad_h) // win_h, (width + pad_w) // win_w
-        num_windows, window_len = batch * rows * cols, win_h * win_w
-
-        # (B, rows, win_h, cols, win_w, 3, heads, d) -> (3, windows, heads, window tokens, d), one copy
-        windows = qkv.view(batch, rows, win_h, cols, win_w, 3, heads, head_dim).permute(5, 0, 1, 3, 6, 2, 4, 7)
-        q, k, v = windows.reshape(3, num_windows, heads, window_len, head_dim).unbind(0)
+            qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad))
+        padded = height + pad
+        num_stripes, stripe_len = batch * (padded // rows), rows * width
+        # (stripes, tokens, 3, heads, d): a view when possible (rows of a row-major map), else one copy
+        qkv = qkv.reshape(num_stripes, stripe_len, 3, heads, head_dim)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
 
         mask = None
-        if pad_h or pad_w:
-            valid = torch.zeros(rows * win_h, cols * win_w, dtype=torch.bool, device=qkv.device)
-            valid[:height, :width] = True
-            valid = valid.view(rows, win_h, cols, win_w).transpose(1, 2).reshape(1, rows * cols, 1, 1, window_len)
-            mask = valid.expand(batch, -1, -1, -1, -1).reshape(num_windows, 1, 1, window_len)
-        out = F.scaled_dot_product_attention(
+        if pad:
+            valid = torch.arange(padded, device=qkv.device).view(-1, rows, 1) < height
+            valid = valid.expand(-1, -1, width).reshape(1, -1, 1, 1, stripe_len)
+            mask = valid.expand(batch, -1, -1, -1, -1).reshape(num_stripes, 1, 1, stripe_len)
+        attn = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-        )
+        )  # (stripes, heads, tokens, d)
 
-        # LePE: depthwise conv of each window's values laid out as a (channels, win_h, win_w) image
-        v_img = v.transpose(-1, -2).reshape(num_windows, channels, win_h, win_w)
-        out = out + lepe(v_img).view(num_windows, heads, head_dim, window_len).transpose(-1, -2)
+        # LePE: each stripe is an image of `rows` x W pixels; channels-last, so the stripes are a free view
+        values = qkv[:, :, 2].reshape(num_stripes, rows, width, channels)
+        lepe = F.conv2d(
+            values.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last),
+            lepe_weight,
+            lepe_bias,
+            padding=1,
+            groups=channels,
+        ).permute(0, 2, 3, 1)  # (stripes, rows, W, c)
 
-        # (windows, heads, tokens, d) -> (B, H, W, c)
-        out = out.view(batch, rows, cols, heads, win_h, win_w, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
-        out = out.reshape(batch, rows * win_h, cols * win_w, channels)
-        if pad_h or pad_w:
-            out = out[:, :height, :width]
-        return out
+        # in place on the convolution's output (its backward does not need it)
+        shape = (batch, padded, width, channels)
+        out = lepe.reshape(shape).add_(attn.transpose(1, 2).reshape(shape))
+        return out[:, :height] if pad else out
 
 
 class BoatCSWinBlock(nn.Module):
