@@ -12,7 +12,7 @@ from .train import NonFiniteLossError
 
 USAGE_ERROR = 2
 # module (relative to boat_vit) of every sub-command, in the order `--help` lists them
-SUBCOMMAND_MODULES: tuple[str, ...] = ("train", "evaluate", "convert", "bench", "visualize")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("train", "evaluate", "convert", "bench", "visualize", "seg.train", "seg.evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,11 +4,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
-__all__ = ["RunDirectory", "atomic_save", "load_checkpoint"]
+__all__ = ["CLASSIFICATION_PANELS", "RunDirectory", "atomic_save", "load_checkpoint", "load_resume_checkpoint"]
 
 LAST_CHECKPOINT = "last.pth"
 BEST_CHECKPOINT = "best.pth"
@@ -17,6 +17,13 @@ SUMMARY_FILE = "summary.json"
 PLOT_FILE = "curves.png"
 METRIC_FIELDS = ("epoch", "train_loss", "lr", "val_loss", "top1", "top5", "ema_top1", "ema_top5",
                  "images_per_s", "skipped_images")
+# Plot panels: (title, ((metric, legend label or None), ...)); a series without any value is left out.
+Panels = Sequence[tuple[str, Sequence[tuple[str, Optional[str]]]]]
+CLASSIFICATION_PANELS: Panels = (
+    ("loss", (("train_loss", "train"), ("val_loss", "validation"))),
+    ("validation accuracy (%)", (("top1", "top-1"), ("top5", "top-5"), ("ema_top1", "EMA top-1"))),
+    ("learning rate (end of epoch)", (("lr", None),)),
+)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -40,6 +47,12 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_resume_checkpoint(path: Path) -> dict:
+    """The checkpoint to resume from: ``path`` itself, or the ``last.pth`` of a run directory."""
+    path = Path(path)
+    return load_checkpoint(path / LAST_CHECKPOINT if path.is_dir() else path)
 
 
 class RunDirectory:
@@ -69,14 +82,14 @@ class RunDirectory:
         with open(path, newline="") as f:
             return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(f)]
 
-    def write_metrics(self, rows: list[dict]) -> None:
-        """Rewrites ``metrics.csv`` (atomically) with one row per finished epoch."""
+    def write_metrics(self, rows: list[dict], fields: Sequence[str] = METRIC_FIELDS) -> None:
+        """Rewrites ``metrics.csv`` (atomically) with the ``fields`` of each row (one per evaluation)."""
         tmp = self.root / f".{METRICS_FILE}.tmp"
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_FIELDS})
+                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in fields})
         os.replace(tmp, self.root / METRICS_FILE)
 
     def write_summary(self, summary: dict) -> Path:
@@ -85,30 +98,25 @@ class RunDirectory:
         os.replace(tmp, self.root / SUMMARY_FILE)
         return self.root / SUMMARY_FILE
 
-    def plot(self, rows: list[dict], title: Optional[str] = None) -> Path:
-        """Writes the loss, accuracy and learning-rate curves to ``curves.png``."""
+    def plot(self, rows: list[dict], title: Optional[str] = None, panels: Panels = CLASSIFICATION_PANELS,
+             x: str = "epoch", x_offset: int = 1) -> Path:
+        """Writes one panel of curves per entry of ``panels`` to ``curves.png``, against ``row[x] + x_offset``."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        epochs = [row["epoch"] + 1 for row in rows]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        axes[0].plot(epochs, [row["train_loss"] for row in rows], label="train")
-        axes[0].plot(epochs, [row["val_loss"] for row in rows], label="validation")
-        axes[0].set_title("loss")
-        axes[1].plot(epochs, [row["top1"] for row in rows], label="top-1")
-        axes[1].plot(epochs, [row["top5"] for row in rows], label="top-5")
-        if any(row.get("ema_top1") is not None for row in rows):
-            axes[1].plot(epochs, [row["ema_top1"] for row in rows], label="EMA top-1")
-        axes[1].set_title("validation accuracy (%)")
-        axes[2].plot(epochs, [row["lr"] for row in rows])
-        axes[2].set_title("learning rate (end of epoch)")
-        for ax in axes:
-            ax.set_xlabel("epoch")
+        steps = [row[x] + x_offset for row in rows]
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels) + 0.1, 3.6), squeeze=False)
+        for ax, (panel_title, series) in zip(axes[0], panels):
+            for key, label in series:
+                if any(row.get(key) is not None for row in rows):
+                    ax.plot(steps, [row.get(key) for row in rows], label=label)
+            ax.set_title(panel_title)
+            ax.set_xlabel(x)
             ax.grid(alpha=0.3)
-        axes[0].legend()
-        axes[1].legend()
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
         if title:
             fig.suptitle(title)
         fig.tight_layout()

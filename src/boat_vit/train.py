@@ -14,7 +14,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -28,9 +27,10 @@ from .data import GlobalBatchSampler, SeededSamples, ShardSampler, build_dataset
 from .distributed import Distributed, setup_distributed
 from .evaluate import amp_dtype_for, evaluate, eval_transform_for
 from .factory import check_model_name, create_classifier, load_initial_weights
-from .runs import RunDirectory, load_checkpoint
+from .runs import RunDirectory, load_resume_checkpoint
 
-__all__ = ["TrainConfig", "PRESETS", "train", "resolve_config", "NonFiniteLossError"]
+__all__ = ["TrainConfig", "PRESETS", "train", "resolve_config", "NonFiniteLossError", "seed_everything",
+           "raise_if_non_finite", "optimizer_step", "RunOptions", "add_run_arguments"]
 
 EPOCH_SEED_STRIDE = 1_000_003  # per-epoch seeds of the model's RNG: seed * stride + epoch
 DIGITS_IMG_SIZE = 32
@@ -73,7 +73,20 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class TrainConfig:
+class RunOptions:
+    """Options every training command shares (their command-line form: :func:`add_run_arguments`)."""
+
+    amp: bool = False
+    amp_dtype: Optional[str] = None  # default: bfloat16 on CPU, float16 on CUDA
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    seed: int = 0
+    workers: int = 2
+    resume: Optional[str] = None
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig(RunOptions):
     """Everything a run needs. ``None`` means: from the preset, else the default noted."""
 
     model: str = "boat_swin_tiny_patch4_window7_224"
@@ -106,16 +119,9 @@ class TrainConfig:
     drop_path: Optional[float] = None  # default: the released rate for the model size, else 0.1
     ema_decay: Optional[float] = None
     grad_checkpointing: bool = False
-    amp: bool = False
-    amp_dtype: Optional[str] = None  # default: bfloat16 on CPU, float16 on CUDA
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    seed: int = 0
-    workers: int = 2
-    resume: Optional[str] = None
     pretrained_file: Optional[str] = None
     initial_checkpoint: Optional[str] = None
     reset_head: bool = False
-    progress: bool = True
 
 
 def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
@@ -145,10 +151,36 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     return config
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def raise_if_non_finite(loss: torch.Tensor, world: Distributed, where: str, output: str) -> None:
+    """Raises :class:`NonFiniteLossError` on every process when the loss of any process is NaN or infinite."""
+    finite = torch.isfinite(loss.detach()).to(torch.float64)
+    if world.enabled:
+        finite = world.all_reduce_sum(finite.reshape(1)) / world.world_size
+    if float(finite) < 1:
+        raise NonFiniteLossError(
+            f"non-finite loss at {where}; the run stopped and the last good checkpoint in {output} is intact "
+            "(try a lower --lr, --clip-grad or no --amp)"
+        )
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   clip_grad: Optional[float] = None) -> None:
+    """One update through the grad scaler: unscale and clip the gradient norm (if asked), step, zero grads."""
+    from timm.utils import dispatch_clip_grad
+
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        dispatch_clip_grad(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _rng_state() -> dict:
@@ -203,13 +235,13 @@ def train(config: TrainConfig) -> dict:
     """Trains (or resumes) a classifier as ``config`` says; returns the summary written to ``summary.json``."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3, dispatch_clip_grad
+    from timm.utils import ModelEmaV3
 
     start_time = time.time()
     world = setup_distributed(config.device)
     try:
         micro_batch = _check_batching(config, world)
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         run = RunDirectory(config.output) if world.is_main else None
         resume_state = _resume_state(config)
 
@@ -260,11 +292,11 @@ def train(config: TrainConfig) -> dict:
         ddp_model = DistributedDataParallel(model) if world.enabled else model
 
         for epoch in range(start_epoch, total_epochs):
-            _seed_everything(config.seed * EPOCH_SEED_STRIDE + epoch)
+            seed_everything(config.seed * EPOCH_SEED_STRIDE + epoch)
             sampler.set_epoch(epoch)
             epoch_stats = _train_one_epoch(
                 ddp_model, model, train_loader, optimizer, scheduler, scaler, ema, mixup, criterion, config,
-                world, amp_dtype, epoch, total_epochs, updates_per_epoch, dispatch_clip_grad,
+                world, amp_dtype, epoch, total_epochs, updates_per_epoch,
             )
             metrics = evaluate(model, val_loader, world, amp_dtype, progress=config.progress and world.is_main,
                                description=f"eval {epoch + 1}/{total_epochs}")
@@ -312,17 +344,15 @@ def train(config: TrainConfig) -> dict:
 def _resume_state(config: TrainConfig) -> Optional[dict]:
     if config.resume is None:
         return None
-    path = Path(config.resume)
-    path = path / "last.pth" if path.is_dir() else path
-    state = load_checkpoint(path)
+    state = load_resume_checkpoint(config.resume)
     if state["model_name"] != config.model:
-        raise ValueError(f"{path} was trained as {state['model_name']!r}, not {config.model!r}")
+        raise ValueError(f"{config.resume} was trained as {state['model_name']!r}, not {config.model!r}")
     return state
 
 
 def _train_one_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, ema, mixup, criterion,
                      config: TrainConfig, world: Distributed, amp_dtype, epoch: int, total_epochs: int,
-                     updates_per_epoch: int, clip_grad_fn) -> dict:
+                     updates_per_epoch: int) -> dict:
     ddp_model.train()
     device = world.device
     num_updates = epoch * updates_per_epoch
@@ -343,22 +373,10 @@ def _train_one_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, ema
         with sync:
             with autocast:
                 loss = criterion(ddp_model(images), targets) if len(images) else images.new_zeros(())
-            finite = torch.isfinite(loss.detach()).to(torch.float64)
-            if world.enabled:
-                finite = world.all_reduce_sum(finite.reshape(1)) / world.world_size
-            if float(finite) < 1:
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch + 1}, step {step + 1}; the run stopped and the last good "
-                    f"checkpoint in {config.output} is intact (try a lower --lr, --clip-grad or no --amp)"
-                )
+            raise_if_non_finite(loss, world, f"epoch {epoch + 1}, step {step + 1}", config.output)
             scaler.scale(loss / config.accum_steps).backward()
         if last_micro_step:
-            if config.clip_grad:
-                scaler.unscale_(optimizer)
-                clip_grad_fn(model.parameters(), config.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, scaler, config.clip_grad)
             num_updates += 1
             scheduler.step_update(num_updates)
             if ema is not None:
@@ -411,6 +429,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--drop-path", type=float, help="stochastic depth rate (default: the released rate for the model size)")
     add("--ema-decay", type=float, help="keep an EMA of the weights with this decay, evaluated and saved")
     add("--grad-checkpointing", action="store_true", default=None, help="trade compute for activation memory")
+    add_run_arguments(parser, defaults)
+    add("--pretrained-file", help="initial weights through the model's checkpoint filter (e.g. released BOAT "
+                                  "weights as downloaded)")
+    add("--initial-checkpoint", help="initial weights from a boat-vit checkpoint or a safetensors file")
+    add("--reset-head", action="store_true", default=None, help="with --initial-checkpoint: start the classifier "
+                                                                "afresh when its class count differs")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
+    """The :class:`RunOptions` options: mixed precision, device, seed, workers, resume, progress bars."""
+    add = parser.add_argument
     add("--amp", action="store_true", default=None, help="mixed precision: bfloat16 on CPU, float16 with a "
                                                          "grad scaler on CUDA")
     add("--amp-dtype", choices=["float16", "bfloat16"], help="override the mixed-precision dtype")
@@ -418,11 +447,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, help=f"seed of weights, data order and augmentation (default {defaults.seed})")
     add("--workers", type=int, help=f"data loading processes per training process (default {defaults.workers})")
     add("--resume", help="continue a run from its run directory or a last.pth checkpoint")
-    add("--pretrained-file", help="initial weights through the model's checkpoint filter (e.g. released BOAT "
-                                  "weights as downloaded)")
-    add("--initial-checkpoint", help="initial weights from a boat-vit checkpoint or a safetensors file")
-    add("--reset-head", action="store_true", default=None, help="with --initial-checkpoint: start the classifier "
-                                                                "afresh when its class count differs")
     add("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
 
 

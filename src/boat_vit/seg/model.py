@@ -1,0 +1,213 @@
+"""UperNet on BOAT backbones through segmentation_models_pytorch's timm universal (``tu-``) encoders.
+
+:class:`BoatUPerNet` wraps ``smp.UPerNet(encoder_name="tu-<timm model>")``: the backbone is the timm model
+built with ``features_only=True`` (strides 4/8/16/32) and ``strict_img_size=False``, so any input size
+runs; the wrapper pads inputs to the encoder's output stride and crops the logits back, and adds the
+auxiliary FCN head of the released recipe (on the stride-16 features, used only for the training loss).
+:func:`load_backbone_weights` initialises the backbone from a classification checkpoint and reports what
+was loaded and what was left initial.
+"""
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..checkpoint import load_state_dict_file
+from ..factory import check_model_name
+
+__all__ = ["AuxiliaryHead", "BackboneLoadReport", "BoatUPerNet", "load_backbone_weights"]
+
+DEFAULT_DECODER_CHANNELS = 512  # mmseg UPerHead of the released Swin/CSWin configs
+DEFAULT_AUX_CHANNELS = 256  # mmseg FCNHead of the released configs
+AUX_DROPOUT = 0.1
+AUX_FEATURE = -2  # stride-16 features (stage 3), as the released auxiliary head
+ENCODER_PREFIX = "upernet.encoder.model."
+
+
+class AuxiliaryHead(nn.Sequential):
+    """FCN head: 3x3 conv, batch norm, ReLU, dropout, 1x1 classifier (logits at the feature's stride)."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int):
+        super().__init__(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(AUX_DROPOUT),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+
+def _flattened_names(reference: nn.Module) -> dict[str, str]:
+    """Key prefixes of timm's ``flatten_sequential`` feature wrapper -> those of the classifier.
+
+    ``features_only`` models name the children of a top-level ``nn.Sequential`` ``<name>_<child>``
+    (``layers_0``) where the classifier has ``<name>.<child>`` (``layers.0``).
+    """
+    return {
+        f"{name}_{child}.": f"{name}.{child}."
+        for name, module in reference.named_children()
+        if isinstance(module, nn.Sequential)
+        for child, _ in module.named_children()
+    }
+
+
+class BoatUPerNet(nn.Module):
+    """UperNet (smp) on a timm backbone, for any input size, with an optional auxiliary FCN head.
+
+    Args:
+        backbone: timm model name, e.g. ``boat_swin_tiny_patch4_window7_224`` (strides 4/8/16/32).
+        num_classes: Output classes.
+        backbone_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. a smaller ``embed_dim``).
+        decoder_channels: UperNet (PPM + FPN) width.
+        aux_channels: Width of the auxiliary FCN head on the stride-16 features; 0 for none.
+        drop_path_rate: Stochastic depth of the backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        backbone_kwargs: Optional[dict[str, Any]] = None,
+        decoder_channels: int = DEFAULT_DECODER_CHANNELS,
+        aux_channels: int = DEFAULT_AUX_CHANNELS,
+        drop_path_rate: float = 0.0,
+    ):
+        import segmentation_models_pytorch as smp
+
+        super().__init__()
+        check_model_name(backbone)
+        self.backbone_name = backbone
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.num_classes = num_classes
+        timm_kwargs = dict(self.backbone_kwargs, strict_img_size=False, drop_path_rate=drop_path_rate)
+        self.upernet = smp.UPerNet(
+            encoder_name=f"tu-{backbone}", encoder_weights=None, classes=num_classes,
+            decoder_channels=decoder_channels, **timm_kwargs,
+        )
+        self.size_divisor = self.upernet.encoder.output_stride
+        channels = self.upernet.encoder.out_channels
+        self.aux_head = AuxiliaryHead(channels[AUX_FEATURE], aux_channels, num_classes) if aux_channels else None
+
+        self._timm_kwargs = timm_kwargs
+        reference = self.reference_backbone()
+        self._renames = _flattened_names(reference)
+        exempt = reference.no_weight_decay() if hasattr(reference, "no_weight_decay") else set()
+        self._no_weight_decay = {ENCODER_PREFIX + name for name, _ in self.backbone.named_parameters()
+                                 if self.backbone_key(name) in exempt}
+
+    def reference_backbone(self) -> nn.Module:
+        """The backbone as a classifier, on the meta device: its weight names and checkpoint conversion."""
+        with torch.device("meta"):
+            return timm.create_model(self.backbone_name, **self._timm_kwargs)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The timm feature extractor (``features_only`` wrapper of the backbone)."""
+        return self.upernet.encoder.model
+
+    def backbone_key(self, key: str) -> str:
+        """The classifier's name of a backbone state-dict key (``layers_0.x`` -> ``layers.0.x``)."""
+        for ours, theirs in self._renames.items():
+            if key.startswith(ours):
+                return theirs + key[len(ours):]
+        return key
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Backbone parameters the classifier exempts from weight decay, under this model's names."""
+        return set(self._no_weight_decay)
+
+    def forward(
+        self, x: torch.Tensor, with_aux: bool = False
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """Per-pixel class logits ``(B, num_classes, H, W)`` for images ``(B, 3, H, W)`` of any size.
+
+        The input is zero-padded to a multiple of the output stride and the logits cropped back. With
+        ``with_aux``, ``(logits, aux_logits)``: the auxiliary head's logits at stride 16 (``None`` without
+        the head), for the training loss.
+        """
+        height, width = x.shape[-2:]
+        pad_h, pad_w = -height % self.size_divisor, -width % self.size_divisor
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        features = self.upernet.encoder(x)
+        logits = self.upernet.segmentation_head(self.upernet.decoder(features))[..., :height, :width]
+        if not with_aux:
+            return logits
+        return logits, self.aux_head(features[AUX_FEATURE]) if self.aux_head is not None else None
+
+
+@dataclass
+class BackboneLoadReport:
+    """What :func:`load_backbone_weights` took from a checkpoint (keys in the classifier's naming)."""
+
+    path: str
+    entry: str  # where the weights were in the file ("" for the whole file)
+    loaded: list[str] = field(default_factory=list)
+    initial: list[str] = field(default_factory=list)  # backbone tensors the checkpoint did not provide
+    unused: list[str] = field(default_factory=list)  # checkpoint tensors with no place in the backbone
+
+    def summary(self, shown: int = 6) -> str:
+        where = f" (entry {self.entry!r})" if self.entry else ""
+        lines = [f"backbone weights from {self.path}{where}: {len(self.loaded)} tensors loaded, "
+                 f"{len(self.initial)} left initial, {len(self.unused)} unused; decoder and heads are initial"]
+        for title, keys in (("left initial", self.initial), ("unused", self.unused)):
+            if keys:
+                lines.append(f"  {title}: {', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''}")
+        return "\n".join(lines)
+
+
+def _checkpoint_filter(reference: nn.Module):
+    """The ``checkpoint_filter_fn`` of the module that defines the backbone (timm's convention), if any."""
+    return getattr(importlib.import_module(type(reference).__module__), "checkpoint_filter_fn", None)
+
+
+def load_backbone_weights(
+    model: BoatUPerNet, path: Union[str, Path], entry: Optional[str] = None
+) -> BackboneLoadReport:
+    """Initialises ``model``'s backbone from a classification checkpoint of the same architecture.
+
+    Takes a boat-vit training checkpoint (``best.pth`` / ``last.pth``), a converted safetensors file or
+    released weights as downloaded: the file is read safely (no pickled code runs) and converted by the
+    backbone's ``checkpoint_filter_fn``, as ``timm.create_model(..., pretrained=True,
+    pretrained_cfg_overlay=dict(file=path))`` would. The classifier head and final norm are unused.
+
+    Args:
+        model: The segmenter.
+        path: The checkpoint file.
+        entry: Which entry of a training checkpoint holds the weights (default: EMA weights first, as timm).
+
+    Raises:
+        ValueError: a tensor of the checkpoint has another shape than the backbone's (another model size).
+    """
+    state, used = load_state_dict_file(path, entry)
+    reference = model.reference_backbone()
+    filter_fn = _checkpoint_filter(reference)
+    if filter_fn is not None:
+        state = filter_fn(state, reference)
+    state = {k: v for k, v in state.items() if not v.is_meta}  # meta: filled in from the reference model
+    own = model.backbone.state_dict()
+    report = BackboneLoadReport(path=str(path), entry=used)
+    wanted = {}
+    for key, tensor in own.items():
+        name = model.backbone_key(key)
+        if name not in state:
+            report.initial.append(name)
+            continue
+        if state[name].shape != tensor.shape:
+            raise ValueError(
+                f"{path} does not fit backbone {model.backbone_name}: {name} has shape "
+                f"{tuple(state[name].shape)} in the checkpoint, {tuple(tensor.shape)} in the model "
+                "(another model size or configuration?)"
+            )
+        wanted[key] = state[name]
+        report.loaded.append(name)
+    taken = set(report.loaded)
+    report.unused = [k for k in state if k not in taken]
+    model.backbone.load_state_dict(wanted, strict=False)
+    return report
