@@ -1,0 +1,146 @@
+"""Whole-model speed of BOAT models against their baselines, as ratios measured in one run.
+
+For every pair (BOAT model, baseline) and mode, the two models are timed alternately, repeat by repeat,
+with the order swapped every repeat, so the drift of a shared machine hits both alike. Reported: median
+images/s of each and the median of the per-repeat throughput ratios (BOAT / baseline).
+
+* ``inference``: forward under ``torch.inference_mode`` in eval mode. Target ratio >= 0.80.
+* ``train``: forward, cross-entropy loss and backward in train mode. Target ratio >= 0.75.
+
+Defaults: batch 8, 224x224, float32, CPU. Add a comparison by adding an entry to :data:`PAIRS`.
+
+Usage: ``python benchmarks/bench_models.py [--pairs boat_swin_t] [--modes inference train] [--repeats 10]``.
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import boat_vit.models  # noqa: F401  (registers the BOAT models)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A BOAT model and the baseline it is compared with (timm names and constructor arguments)."""
+
+    model: str
+    baseline: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    baseline_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+PAIRS: dict[str, Pair] = {
+    "boat_swin_t": Pair("boat_swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224"),
+}
+TARGETS: dict[str, float] = {"inference": 0.80, "train": 0.75}
+NUM_CLASSES = 1000
+DEFAULT_BATCH = 8
+DEFAULT_SIZE = 224
+DEFAULT_REPEATS = 10
+DEFAULT_WARMUP = 2
+
+
+def _step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mode: str) -> Callable[[], None]:
+    """One timed pass of ``model`` in ``mode``."""
+    if mode == "inference":
+        model.eval()
+
+        def run() -> None:
+            with torch.inference_mode():
+                model(images)
+
+    else:
+        model.train()
+
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images), labels).backward()
+
+    return run
+
+
+def _seconds(run: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def bench_pair(pair: Pair, mode: str, batch: int, size: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """Times a pair alternately; returns images/s (medians) and the median throughput ratio."""
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, size, size)
+    labels = torch.randint(NUM_CLASSES, (batch,))
+    runs = [
+        _step(timm.create_model(name, num_classes=NUM_CLASSES, img_size=size, **kwargs), images, labels, mode)
+        for name, kwargs in ((pair.model, pair.model_kwargs), (pair.baseline, pair.baseline_kwargs))
+    ]
+    for _ in range(warmup):
+        for run in runs:
+            run()
+    times = []
+    for repeat in range(repeats):
+        order = (0, 1) if repeat % 2 == 0 else (1, 0)
+        seconds = {index: _seconds(runs[index]) for index in order}
+        times.append((seconds[0], seconds[1]))
+    return dict(
+        model=pair.model,
+        baseline=pair.baseline,
+        mode=mode,
+        model_images_per_s=batch / statistics.median(t for t, _ in times),
+        baseline_images_per_s=batch / statistics.median(t for _, t in times),
+        ratio=statistics.median(baseline / model for model, baseline in times),
+        target=TARGETS[mode],
+    )
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | baseline | mode | model img/s | baseline img/s | ratio | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        verdict = "met" if row["ratio"] >= row["target"] else "MISSED"
+        lines.append(
+            f"| {row['model']} | {row['baseline']} | {row['mode']} | {row['model_images_per_s']:.2f} | "
+            f"{row['baseline_images_per_s']:.2f} | {row['ratio']:.3f} | >= {row['target']:.2f} ({verdict}) |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=sorted(PAIRS))
+    parser.add_argument("--modes", nargs="+", choices=sorted(TARGETS), default=["inference", "train"])
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH)
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+
+    rows = [
+        bench_pair(PAIRS[name], mode, args.batch, args.size, args.repeats, args.warmup)
+        for name in args.pairs
+        for mode in args.modes
+    ]
+    print(
+        f"torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, float32, "
+        f"{args.repeats} interleaved repeats"
+    )
+    print(markdown_table(rows))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
