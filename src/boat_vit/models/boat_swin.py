@@ -23,7 +23,7 @@ layout to this one. Plain Microsoft/timm Swin checkpoints load too, with the FSL
 initialised and listed in a warning. ``model.load_state_dict`` (and so ``checkpoint_path=``) also accepts
 the released layout.
 """
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Mapping, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -37,7 +37,13 @@ from ..checkpoint import fill_missing_from_model, register_layout_conversion, se
 from ..clustering import DEFAULT_GROUP_SIZE
 from ..layers import DEFAULT_OVERLAP, FeatureSpaceLocalAttention
 
-__all__ = ["BoatSwinTransformer", "BoatSwinTransformerBlock", "BoatSwinTransformerStage", "checkpoint_filter_fn"]
+__all__ = [
+    "BoatSwinTransformer",
+    "BoatSwinTransformerBlock",
+    "BoatSwinTransformerStage",
+    "checkpoint_filter_fn",
+    "is_released_layout",
+]
 
 _int_or_tuple_2_t = Union[int, Tuple[int, int]]
 
