@@ -123,9 +123,12 @@ def _sort_within_groups(score: torch.Tensor) -> torch.Tensor:
 
     float32 rows are sorted in one flat pass over 64-bit keys ``(row << 32) | bits(score)``: the bits of a
     non-negative float32 order like its value, and one flat integer sort beats many small float sorts on
-    CPU. Other dtypes use a row-wise sort.
+    CPU. Other dtypes use a stable row-wise sort. While exporting (ONNX, ``torch.export``) it is a plain
+    row-wise sort, which export targets can express (TopK); it differs only in how exact ties are broken.
     """
     num_rows, n = score.shape
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return score.sort(dim=-1).indices + torch.arange(0, num_rows * n, n, device=score.device)[:, None]
     if score.dtype == torch.float32:
         row_keys = torch.arange(num_rows, device=score.device)[:, None] << 32
         keys = score.contiguous().view(torch.int32).long() | row_keys
