@@ -172,6 +172,27 @@ def test_backbone_weights_from_classification_checkpoints(tmp_path, caplog):
         load_backbone_weights(wider, tmp_path / "best.pth")
 
 
+@pytest.mark.parametrize("stem, backbone, kwargs", [
+    ("boat_swin_mini", SWIN, dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))),
+    ("boat_cswin_mini", CSWIN, dict(embed_dim=32, depths=(1, 2, 2, 1), num_heads=(2, 4, 8, 16))),
+])
+def test_released_weights_initialise_the_backbone_as_timm_loads_them(reference, tmp_path, stem, backbone, kwargs):
+    path = tmp_path / "released.pth"
+    torch.save(reference(stem)["state_dict"], path)  # released (Microsoft / CSWin) key layout
+    model = BoatUPerNet(backbone, 3, kwargs, decoder_channels=16).eval()
+    report = load_backbone_weights(model, path)
+    assert not report.initial and len(report.loaded) == len(model.backbone.state_dict())
+    assert sorted(report.unused) == ["head.fc.bias", "head.fc.weight", "norm.bias", "norm.weight"]
+    classifier = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                                   num_classes=10, strict_img_size=False, **kwargs).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        expected = classifier.forward_intermediates(x, intermediates_only=True)
+        features = model.upernet.encoder(x)[2:]  # smp adds the input and an empty stride-2 map first
+    for ours, theirs in zip(features, expected, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------------------------- metrics
 
 
