@@ -66,7 +66,7 @@ __all__ = ["BoatCSWin", "BoatCSWinBlock", "CrossShapedAttention", "checkpoint_fi
 
 _logger = logging.getLogger(__name__)
 
-_PathOrBools = Union[bool, Sequence[bool]]
+_BoolOrBools = Union[bool, Sequence[bool]]
 
 # The released BOAT-CSWin builds its FSLA with ``qk_scale=qkv_bias`` (True), so the logit scale is 1.0.
 RELEASED_FSLA_SCALE = 1.0
@@ -378,7 +378,7 @@ class BoatCSWin(nn.Module):
         split_size: Union[int, Sequence[int]] = (1, 2, 7, 7),
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
-        fsla: _PathOrBools = True,
+        fsla: _BoolOrBools = True,
         fsla_qk_scale: Optional[float] = RELEASED_FSLA_SCALE,
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
