@@ -9,10 +9,13 @@ One layer of each over square token maps of side 7, 14, 28, 56, 112 and 224 (49 
   tokens.
 
 Per map size: one warm-up forward of each, one forward to measure memory, then ``--repeats`` timed
-forwards interleaved round-robin (median reported). Peak memory: the resident memory one forward adds on top of its input (Linux
-``VmHWM`` reset just before the call, glibc's mmap threshold fixed so freed buffers leave the process).
-Default batch 1: the largest global attention (50,176 tokens, about 1 TFLOP) then takes about 10 s per
-forward on 2 CPU cores and the whole sweep a few minutes.
+forwards interleaved round-robin (median reported). Peak memory: the resident memory one forward adds on
+top of its input (Linux ``VmHWM`` reset just before the call; glibc's mmap threshold is fixed so that
+freed buffers leave the process).
+
+Default batch 1: the largest global attention (50,176 tokens, about 1 TFLOP) takes about 30 s per forward
+on one core and the whole sweep about 3 minutes. On a machine shared with other jobs use ``--threads 1``:
+with more threads than free cores, every parallel region waits for descheduled threads (tens of ms each).
 
 Writes a markdown table (printed and next to the plot as ``.md``) and a log-log plot of time and peak
 memory against tokens to ``--output``.
@@ -35,7 +38,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
 
 from boat_vit import FeatureSpaceLocalAttention
-from boat_vit.bench import BenchConfig, environment, reset_peak_resident, resident_bytes
+from boat_vit.bench import BenchConfig, environment, machine_line, reset_peak_resident, resident_bytes
 
 SIDES = (7, 14, 28, 56, 112, 224)
 DIM = 96
@@ -184,15 +187,18 @@ def main() -> None:
                         help=f"maps per forward (default {DEFAULT_BATCH})")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                         help=f"timed forwards per contender and size (default {DEFAULT_REPEATS})")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice); 1 gives stable "
+                                                     "numbers on a machine shared with other jobs")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if any(side % WINDOW for side in args.sides):
         parser.error(f"--sides must be multiples of the window ({WINDOW})")
 
     fixed = _fix_mmap_threshold()
     info = environment(BenchConfig())
-    subtitle = (f"{info['device_name']}, {info['threads']} threads, torch {info['torch']}, fp32, batch "
-                f"{args.batch_size}, {info['date']}")
+    subtitle = f"{machine_line(info)}, torch {info['torch']}, fp32, batch {args.batch_size}, {info['date']}"
     print(f"{subtitle}{'' if fixed else ' (malloc threshold not fixed: memory figures may be low)'}")
     rows = sweep(tuple(args.sides), args.batch_size, args.repeats)
     table = markdown(rows)

@@ -52,6 +52,7 @@ __all__ = [
     "count_macs",
     "measure_peak_memory",
     "environment",
+    "machine_line",
     "markdown_table",
     "write_csv",
     "write_json",
@@ -418,15 +419,25 @@ def write_json(rows: Sequence[dict[str, Any]], config: BenchConfig, path: str) -
                   indent=2)
 
 
+def machine_line(info: dict[str, Any]) -> str:
+    """``device name (device, N threads)`` from :func:`environment`."""
+    threads = f"{info['threads']} thread" + ("s" if info["threads"] > 1 else "")
+    return f"{info['device_name']} ({info['device']}, {threads})"
+
+
 def _describe(config: BenchConfig, info: dict[str, Any]) -> str:
     precision = config.dtype + (f" + autocast {config.amp_dtype or 'default'}" if config.amp else "")
     extras = [flag for flag, on in (("compiled", config.compile), ("channels-last", config.channels_last)) if on]
     return (f"{'training step' if config.train else 'inference'}, batch {config.batch_size}, {precision}"
-            f"{', ' + ', '.join(extras) if extras else ''}; {info['device_name']} ({info['device']}, "
-            f"{info['threads']} threads); torch {info['torch']}, timm {info['timm']}; {info['date']}")
+            f"{', ' + ', '.join(extras) if extras else ''}; {machine_line(info)}; torch {info['torch']}, "
+            f"timm {info['timm']}; {info['date']}")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     config = BenchConfig(
         batch_size=args.batch_size, img_size=args.img_size, device=args.device, dtype=args.dtype, amp=args.amp,
         amp_dtype=args.amp_dtype, compile=args.compile, channels_last=args.channels_last, train=args.train,
@@ -458,6 +469,8 @@ def add_parser(subparsers) -> None:
     add("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
     add("--amp-dtype", choices=["float16", "bfloat16"], help="override the autocast dtype")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+    add("--threads", type=int, help="CPU threads (torch.set_num_threads; default: PyTorch's choice). On a shared "
+                                    "machine 1 thread avoids stalls on descheduled worker threads")
     add("--compile", action="store_true", help="run the models through torch.compile")
     add("--channels-last", action="store_true", help="channels-last weights and inputs")
     add("--train", action="store_true", help="time forward + backward + AdamW step instead of inference")

@@ -373,7 +373,9 @@ def show_clusters(
              f"{record.token_map[1]}  {plan.num_groups} groups of {plan.group_size}")
     summary = dict(layer=layer, token_map=record.token_map, num_groups=plan.num_groups, group_size=plan.group_size,
                    input_size=input_size, heads=heads, patch=patch)
-    if class_names is not None:
+    if class_names is None:
+        title += "  (random weights)"
+    else:
         probability, index = logits.softmax(dim=-1)[0].max(dim=0)
         summary["prediction"] = (class_names[int(index)], float(probability))
         title += f"  predicted {class_names[int(index)]} ({float(probability):.0%})"
