@@ -1,12 +1,11 @@
 """BOAT-CSWin: exactness against the released code, the timm model contract, any input size and batch."""
 import argparse
 import logging
-import math
+import re
 
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import boat_vit.models.boat_cswin as boat_cswin  # registers the models with timm
@@ -187,15 +186,18 @@ def test_reference_checkpoint_path_and_load_state_dict_accept_released_layout(mi
 # ---- checkpoint filter ---------------------------------------------------------------------------------------
 
 
+def _released_block(match: "re.Match") -> str:
+    return f"stage{int(match.group(1)) + 1}.{match.group(2)}."
+
+
 def released_layout(model: BoatCSWin) -> dict:
     """The model's weights renamed back to the released layout (inverse of the filter's renaming)."""
-    import re
-
     out = {}
     for key, value in model.state_dict().items():
-        key = key.replace("patch_embed.proj.", "stage1_conv_embed.0.").replace("patch_embed.norm.", "stage1_conv_embed.2.")
+        key = key.replace("patch_embed.proj.", "stage1_conv_embed.0.")
+        key = key.replace("patch_embed.norm.", "stage1_conv_embed.2.")
         key = re.sub(r"^stages\.(\d+)\.downsample\.", lambda m: f"merge{m.group(1)}.", key)
-        key = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", lambda m: f"stage{int(m.group(1)) + 1}.{m.group(2)}.", key)
+        key = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", _released_block, key)
         key = key.replace(".attn.qkv.", ".qkv.").replace(".attn.proj.", ".proj.").replace(".fsla.", ".content_attn.")
         key = key.replace(".norm_fsla.", ".norm3.")
         key = re.sub(r"\.attn\.lepe\.(\d+)\.", r".attns.\1.get_v.", key)

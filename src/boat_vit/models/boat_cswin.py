@@ -16,8 +16,8 @@ Any input size and batch
 ------------------------
 The released code runs only at 224x224 and pairs the images of a batch in the stage-4 FSLA; these models:
 
-* pad the token map to a multiple of the stripe width inside the stripe attention and crop back, the way
-  timm's Swin pads windows. Padded positions are masked out as keys and hold zero values, so every token
+* pad the token map to a multiple of the stripe width inside the stripe attention and crop back, as timm's
+  Swin pads windows, but padded positions are masked out as keys and hold zero values, so every token
   sees exactly the real tokens of its (possibly shorter) stripe, and the LePE convolution sees the same
   zeros as at any stripe border. A stripe is never wider than the map (``min(split_size, map size)``);
   that is the same computation without the all-padding part.
@@ -38,7 +38,6 @@ with ``timm.create_model("boat_cswin_tiny_224", pretrained=True, pretrained_cfg_
 load too, with the FSLA branches freshly initialised and listed in a warning.
 """
 import logging
-import math
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
