@@ -8,8 +8,9 @@ One layer of each over square token maps of side 7, 14, 28, 56, 112 and 224 (49 
 * ``global``: the same qkv and output projections around one ``scaled_dot_product_attention`` over all
   tokens.
 
-Per map size: one warm-up forward of each, one forward to measure memory, then ``--repeats`` timed
-forwards interleaved round-robin (median reported). Peak memory: the resident memory one forward adds on
+Per map size: one warm-up forward of each, one forward to measure memory, then timed rounds of one
+forward each, round-robin (at least ``--repeats`` rounds, more for small maps; medians reported, ratios
+as medians of per-round ratios). Peak memory: the resident memory one forward adds on
 top of its input (Linux ``VmHWM`` reset just before the call; glibc's mmap threshold is fixed so that
 freed buffers leave the process).
 
@@ -27,6 +28,7 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -45,7 +47,9 @@ DIM = 96
 HEADS = 3
 WINDOW = 7
 DEFAULT_BATCH = 1
-DEFAULT_REPEATS = 3
+DEFAULT_REPEATS = 3  # timed rounds at least; cheap sizes get more
+MIN_SECONDS = 3.0  # timed rounds per size last at least about this long ...
+MAX_ROUNDS = 50  # ... with at most this many rounds
 DEFAULT_OUTPUT = "benchmarks/results/scaling.png"
 MIB = 2**20
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -111,33 +115,42 @@ def _peak_added_bytes(fn: Callable[[], object]) -> float:
     return resident_bytes(peak=True) - before
 
 
+def _rounds(repeats: int, seconds_per_round: float) -> int:
+    """At least ``repeats`` timed rounds, more for cheap sizes (``MIN_SECONDS`` in all, ``MAX_ROUNDS`` at most)."""
+    return max(repeats, min(MAX_ROUNDS, math.ceil(MIN_SECONDS / max(seconds_per_round, 1e-9))))
+
+
 @torch.inference_mode()
 def sweep(sides: tuple[int, ...], batch: int, repeats: int) -> list[dict]:
-    """Times and memory of every contender at every map side (module docstring)."""
+    """Times and memory of every contender at every map side (module docstring).
+
+    Ratios are medians of the per-round ratios, so drift of a shared machine cancels.
+    """
     torch.manual_seed(0)
     contenders = {"fsla": FeatureSpaceLocalAttention(DIM, HEADS), "window": WindowAttentionMap(DIM, HEADS, WINDOW),
                   "global": GlobalAttention(DIM, HEADS)}
     for module in contenders.values():
         module.eval()
+    names = list(contenders)
     rows = []
     for side in sides:
         x = torch.randn(batch, side, side, DIM)
         calls = {name: (lambda m=module: m(x)) for name, module in contenders.items()}
-        for call in calls.values():
-            call()  # warm-up
+        warmup_seconds = sum(_seconds(call) for call in calls.values())
         memory = {name: _peak_added_bytes(call) for name, call in calls.items()}
-        times = {name: [] for name in calls}
-        for repeat in range(repeats):
-            names = list(calls)
-            for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+        times = {name: [] for name in names}
+        for round_ in range(_rounds(repeats, warmup_seconds)):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
                 times[name].append(_seconds(calls[name]))
-        row = dict(side=side, tokens=side * side)
+        row = dict(side=side, tokens=side * side, rounds=len(times["fsla"]))
         row.update({f"{name}_ms": statistics.median(t) * 1e3 for name, t in times.items()})
         row.update({f"{name}_mib": bytes_ / MIB for name, bytes_ in memory.items()})
-        row["fsla_over_window"] = row["fsla_ms"] / row["window_ms"]
-        row["global_over_fsla"] = row["global_ms"] / row["fsla_ms"]
+        row["fsla_over_window"] = statistics.median(f / w for f, w in zip(times["fsla"], times["window"]))
+        row["global_over_fsla"] = statistics.median(g / f for g, f in zip(times["global"], times["fsla"]))
         rows.append(row)
-        print(f"  {side}x{side}: " + ", ".join(f"{n} {row[f'{n}_ms']:.1f} ms" for n in contenders), flush=True)
+        print(f"  {side}x{side}: " + ", ".join(f"{n} {row[f'{n}_ms']:.1f} ms" for n in names)
+              + f" ({row['rounds']} rounds)", flush=True)
     return rows
 
 
@@ -186,7 +199,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                         help=f"maps per forward (default {DEFAULT_BATCH})")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
-                        help=f"timed forwards per contender and size (default {DEFAULT_REPEATS})")
+                        help=f"timed rounds per size at least (default {DEFAULT_REPEATS}); small maps get up to "
+                             f"{MAX_ROUNDS} rounds, about {MIN_SECONDS:g} s")
     parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice); 1 gives stable "
                                                      "numbers on a machine shared with other jobs")
     parser.add_argument("--json", help="also write the rows to this JSON file")

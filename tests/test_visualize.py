@@ -14,6 +14,7 @@ from boat_vit.train import PRESETS
 from boat_vit.visualize import (
     HEADER_HEIGHT,
     LABEL_HEIGHT,
+    MIN_FIGURE_WIDTH,
     find_fsla_layers,
     load_image,
     record_clusters,
@@ -24,7 +25,7 @@ from boat_vit.visualize import (
 MODEL = "boat_swin_tiny_patch4_window7_224"
 TINY_KWARGS = dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2), img_size=64)
 IMAGE_SIZE = (80, 120)  # (height, width): shorter side 64 gives a 64x96 input, 16x24 tokens at stage 0
-PANEL_WIDTH = 128
+PANEL_WIDTH = 400  # two heads are wider than MIN_FIGURE_WIDTH, one is not
 
 
 INPUT_SIZE = (64, 96)
@@ -126,7 +127,8 @@ def test_show_clusters_writes_png_of_expected_size(image_file, tmp_path, capsys,
     panel_height = round(PANEL_WIDTH * INPUT_SIZE[0] / INPUT_SIZE[1])  # 80x120 is shown to the model as 64x96
     with Image.open(output) as png:
         assert png.format == "PNG"
-        assert png.size == (heads * PANEL_WIDTH, HEADER_HEIGHT + 2 * (LABEL_HEIGHT + panel_height))
+        expected_width = max(heads * PANEL_WIDTH, MIN_FIGURE_WIDTH)
+        assert png.size == (expected_width, HEADER_HEIGHT + 2 * (LABEL_HEIGHT + panel_height))
     printed = capsys.readouterr().out
     assert f"layers.{stage}.blocks.1.fsla" in printed and "selected patch (2, 3)" in printed
 
@@ -143,11 +145,11 @@ def test_show_clusters_from_a_digits_checkpoint(tmp_path, capsys):
                     class_names=[str(i) for i in range(10)], model=model.state_dict()), checkpoint)
     output = tmp_path / "digit.png"
     assert main(["show-clusters", "--sample", "digit", "--checkpoint", str(checkpoint), "--output", str(output),
-                 "--head", "0", "--panel-width", "64"]) == 0
+                 "--head", "0", "--panel-width", "360"]) == 0
     printed = capsys.readouterr().out
     assert "16x16 tokens (input 32x32), 4 groups of 64" in printed and "predicted" in printed
     with Image.open(output) as png:
-        assert png.size == (64, HEADER_HEIGHT + 2 * (LABEL_HEIGHT + 64))
+        assert png.size == (MIN_FIGURE_WIDTH, HEADER_HEIGHT + 2 * (LABEL_HEIGHT + 360))
 
 
 def test_sample_photograph_ships_with_scikit_learn():
@@ -163,3 +165,5 @@ def test_bad_input_is_a_usage_error(tmp_path, capsys):
     assert "outside the" in capsys.readouterr().err
     assert main([*args, "--stage", "5"]) == 2
     assert "no FSLA layer at stage 5" in capsys.readouterr().err
+    assert main([*args, "--panel-width", "50"]) == 2
+    assert "panel width must be at least" in capsys.readouterr().err

@@ -47,6 +47,9 @@ __all__ = [
 SAMPLES = ("china", "flower", "digit")  # photographs shipped with scikit-learn; a handwritten digit
 DEFAULT_SAMPLE = "china"
 DEFAULT_PANEL_WIDTH = 320
+MIN_PANEL_WIDTH = 200  # room for a panel's label
+MIN_FIGURE_WIDTH = 720  # room for the header
+LABEL_FONT_SIZE = 8
 HEADER_HEIGHT = 40  # pixels of the figure's header: title and colour legend
 LABEL_HEIGHT = 22  # pixels of the label above each panel
 DPI = 100
@@ -56,8 +59,8 @@ HIGHLIGHT_ALPHA = 0.55
 MEMBER_COLOUR = (1.0, 0.55, 0.0)
 OVERLAP_COLOUR = (0.0, 0.85, 1.0)
 SELECTED_COLOUR = "red"
-LEGEND = ("top: patches coloured by FSLA group;  bottom: the selected patch (red) attends to its group (orange) "
-          "and the sibling overlap (cyan)")
+LEGEND = ("top: patches coloured by FSLA group;  bottom: patch {patch} (red) attends to its group (orange) "
+          "and to the sibling overlap (cyan)")
 _GOLDEN_RATIO = (math.sqrt(5) - 1) / 2
 _FSLA_NAME = re.compile(r"(?:^|\.)(\d+)\.blocks\.(\d+)\.")
 
@@ -211,9 +214,17 @@ def _upsample(token_values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def figure_size(image_size: tuple[int, int], num_heads: int, panel_width: int) -> tuple[int, int]:
-    """``(width, height)`` in pixels of the picture for an ``image_size = (height, width)`` input."""
+    """``(width, height)`` in pixels of the picture for an ``image_size = (height, width)`` input.
+
+    Panels are ``panel_width`` wide with the image's aspect ratio; the figure is at least
+    ``MIN_FIGURE_WIDTH`` wide (for the header), with the panels centred.
+    """
     panel_height = round(panel_width * image_size[0] / image_size[1])
-    return num_heads * panel_width, HEADER_HEIGHT + 2 * (LABEL_HEIGHT + panel_height)
+    return max(num_heads * panel_width, MIN_FIGURE_WIDTH), HEADER_HEIGHT + 2 * (LABEL_HEIGHT + panel_height)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def render_clusters(
@@ -234,19 +245,24 @@ def render_clusters(
         patch: ``(row, col)`` of the selected patch in the layer's token map.
         output: PNG path.
         title: Header line.
-        panel_width: Width of each panel in pixels.
+        panel_width: Width of each panel in pixels, at least ``MIN_PANEL_WIDTH``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
+    if panel_width < MIN_PANEL_WIDTH:
+        raise ValueError(f"panel width must be at least {MIN_PANEL_WIDTH} pixels, got {panel_width}")
     height, width = image.shape[:2]
     fig_width, fig_height = figure_size((height, width), len(heads), panel_width)
+    left = (fig_width - len(heads) * panel_width) // 2
+    interpolation = "nearest" if panel_width >= width else "antialiased"  # crisp patches when enlarging
     panel_height = (fig_height - HEADER_HEIGHT) // 2 - LABEL_HEIGHT
     figure = Figure(figsize=(fig_width / DPI, fig_height / DPI), dpi=DPI)
     FigureCanvasAgg(figure)
     figure.text(0.5, 1 - HEADER_HEIGHT / 3 / fig_height, title, ha="center", va="center", fontsize=9)
-    figure.text(0.5, 1 - HEADER_HEIGHT * 3 / 4 / fig_height, LEGEND, ha="center", va="center", fontsize=8)
+    legend = LEGEND.format(patch=f"({patch[0]},{patch[1]})")
+    figure.text(0.5, 1 - HEADER_HEIGHT * 3 / 4 / fig_height, legend, ha="center", va="center", fontsize=8)
     pixels = image.astype(np.float32) / 255
     grey = np.repeat(pixels.mean(axis=2, keepdims=True), 3, axis=2) * DIM_FACTOR
     colours = _group_colours(record.clustering.plan.num_groups)
@@ -255,26 +271,27 @@ def render_clusters(
 
     def panel(column: int, line: int, picture: np.ndarray, label: str):
         bottom = fig_height - HEADER_HEIGHT - (line + 1) * (LABEL_HEIGHT + panel_height)
-        axes = figure.add_axes((column * panel_width / fig_width, bottom / fig_height, panel_width / fig_width,
-                                panel_height / fig_height))
-        axes.imshow(np.clip(picture, 0, 1), extent=(0, token_w, token_h, 0), interpolation="antialiased", aspect="auto")
+        x = left + column * panel_width
+        axes = figure.add_axes((x / fig_width, bottom / fig_height, panel_width / fig_width, panel_height / fig_height))
+        axes.imshow(np.clip(picture, 0, 1), extent=(0, token_w, token_h, 0), interpolation=interpolation, aspect="auto")
         axes.set_axis_off()
-        figure.text((column + 0.5) * panel_width / fig_width, (bottom + panel_height + LABEL_HEIGHT / 2) / fig_height,
-                    label, ha="center", va="center", fontsize=8)
+        figure.text((x + panel_width / 2) / fig_width, (bottom + panel_height + LABEL_HEIGHT / 2) / fig_height,
+                    label, ha="center", va="center", fontsize=LABEL_FONT_SIZE)
         return axes
 
     for column, head in enumerate(heads):
         groups = record.group_map(head).cpu().numpy()
         tint = _upsample(colours[groups], (height, width))
-        panel(column, 0, (1 - GROUP_ALPHA) * pixels + GROUP_ALPHA * tint, f"head {head}: {len(colours)} groups")
+        coloured = (1 - GROUP_ALPHA) * pixels + GROUP_ALPHA * tint
+        panel(column, 0, coloured, f"head {head}: {_plural(len(colours), 'group')}")
 
         members, overlap = (m.cpu().numpy() for m in record.attended(head, row, col))
         picture = grey.copy()
         for mask, colour in ((members, MEMBER_COLOUR), (overlap, OVERLAP_COLOUR)):
             where = _upsample(mask, (height, width))
             picture[where] = (1 - HIGHLIGHT_ALPHA) * pixels[where] + HIGHLIGHT_ALPHA * np.asarray(colour)
-        axes = panel(column, 1, picture, f"patch ({row},{col}): group {groups[row, col]}, "
-                                         f"{int(members.sum())} + {int(overlap.sum())} overlap")
+        axes = panel(column, 1, picture, f"head {head}: group {groups[row, col]} ({int(members.sum())} + "
+                                         f"{int(overlap.sum())} overlap)")
         axes.add_patch(Rectangle((col, row), 1, 1, fill=False, edgecolor=SELECTED_COLOUR, linewidth=1.5))
     figure.savefig(output, dpi=DPI, format="png")
     return fig_width, fig_height
@@ -370,7 +387,7 @@ def show_clusters(
     patch = (record.token_map[0] // 2, record.token_map[1] // 2) if patch is None else tuple(patch)
     plan = record.clustering.plan
     title = (f"{model.pretrained_cfg.get('architecture', model_name)}  {layer}  tokens {record.token_map[0]}x"
-             f"{record.token_map[1]}  {plan.num_groups} groups of {plan.group_size}")
+             f"{record.token_map[1]}  {_plural(plan.num_groups, 'group')} of {plan.group_size}")
     summary = dict(layer=layer, token_map=record.token_map, num_groups=plan.num_groups, group_size=plan.group_size,
                    input_size=input_size, heads=heads, patch=patch)
     if class_names is None:
@@ -400,7 +417,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     height, width = summary["token_map"]
     print(f"{summary['layer']}: {height}x{width} tokens (input {summary['input_size'][0]}x{summary['input_size'][1]}),"
-          f" {summary['num_groups']} groups of {summary['group_size']}; selected patch {summary['patch']}")
+          f" {_plural(summary['num_groups'], 'group')} of {summary['group_size']}; selected patch {summary['patch']}")
     if "prediction" in summary:
         print(f"predicted {summary['prediction'][0]} ({summary['prediction'][1]:.1%})")
     print(f"wrote {args.output} ({summary['figure_size'][0]}x{summary['figure_size'][1]} pixels)")
