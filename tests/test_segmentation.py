@@ -93,10 +93,10 @@ def shapes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(shapes, tmp_path_factory) -> Path:
-    """A short run on the shapes: 40 iterations, evaluation at 20 and 40."""
+    """A short run on the shapes: 60 iterations, evaluation at 30 and 60."""
     run = tmp_path_factory.mktemp("seg") / "run"
-    assert cli_main(["seg-train", *TRAIN_ARGS, "--data", str(shapes), "--output", str(run), "--iterations", "40",
-                     "--eval-interval", "20", "--checkpoint-interval", "10"]) == 0
+    assert cli_main(["seg-train", *TRAIN_ARGS, "--data", str(shapes), "--output", str(run), "--iterations", "60",
+                     "--eval-interval", "30", "--checkpoint-interval", "10"]) == 0
     return run
 
 
@@ -191,6 +191,17 @@ def test_released_weights_initialise_the_backbone_as_timm_loads_them(reference, 
         features = model.upernet.encoder(x)[2:]  # smp adds the input and an empty stride-2 map first
     for ours, theirs in zip(features, expected, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_seg_train_reports_the_backbone_initialisation(shapes, tmp_path, capsys):
+    classifier = timm.create_model(SWIN, num_classes=10, **TINY_SWIN)
+    torch.save(dict(model=classifier.state_dict()), tmp_path / "best.pth")
+    run = tmp_path / "run"
+    assert cli_main(["seg-train", *TRAIN_ARGS, "--data", str(shapes), "--output", str(run), "--iterations", "1",
+                     "--backbone-weights", str(tmp_path / "best.pth")]) == 0
+    assert "(entry 'model'): 141 tensors loaded, 0 left initial, 4 unused" in capsys.readouterr().out
+    report = json.loads((run / "summary.json").read_text())["backbone_weights"]
+    assert len(report["loaded"]) == 141 and report["initial"] == [] and "head.fc.weight" in report["unused"]
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -363,7 +374,7 @@ def test_training_learns_and_writes_the_run_directory(trained, shapes):
     chance = 100 * np.bincount(labels, minlength=NUM_CLASSES).max() / labels.size / NUM_CLASSES
     assert summary["best_miou"] > 1.5 * chance
     assert summary["best_miou"] == pytest.approx(max(first["miou"], last["miou"]))
-    assert set(summary["best_class_iou"]) == {"0", "1", "2", "3"} and summary["iterations"] == 40
+    assert set(summary["best_class_iou"]) == {"0", "1", "2", "3"} and summary["iterations"] == 60
     assert Image.open(trained / "curves.png").size[0] > 0
     state = load_checkpoint(trained / "best.pth")
     assert state["segmenter"]["num_classes"] == NUM_CLASSES and state["spec"]["reduce_zero_label"]

@@ -120,7 +120,7 @@ def segmentation_loss(logits: torch.Tensor, aux: Optional[torch.Tensor], labels:
                       ignore_index: int, aux_weight: float) -> torch.Tensor:
     """Cross-entropy averaged over labelled pixels (0 when none is), plus ``aux_weight`` times that of the
     auxiliary logits upsampled to the label size."""
-    labelled = max(int((labels != ignore_index).sum()), 1)
+    labelled = (labels != ignore_index).sum().clamp(min=1)  # a tensor: no device synchronisation
 
     def cross_entropy(output: torch.Tensor) -> torch.Tensor:
         if output.shape[-2:] != labels.shape[-2:]:
