@@ -99,7 +99,7 @@ def test_unknown_model_names_a_close_match(capsys):
 
 
 @pytest.mark.parametrize("change", [dict(repeats=0), dict(batch_size=0), dict(dtype="float8"),
-                                    dict(compile=True, warmup=0)])
+                                    dict(compile=True, warmup=0), dict(device="tpu:x"), dict(device="mps")])
 def test_bad_settings_are_value_errors(change):
     with pytest.raises(ValueError):
         benchmark_models(MODELS[:1], BenchConfig(**change))

@@ -122,11 +122,14 @@ class BenchConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.amp_dtype is not None and self.amp_dtype not in ("float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
-        device = torch.device(self.device)
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("CUDA is not available on this machine; use --device cpu")
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
 
 def _synchronize(device: torch.device) -> None:
@@ -371,7 +374,7 @@ def benchmark_models(names: Sequence[str], config: Optional[BenchConfig] = None)
             peak_memory_mib=peak,
             throughput_ratio=statistics.median(first / own for first, own in zip(seconds[0], times)),
             gmacs_ratio=count / macs[0], params_ratio=params / shapes[0][1],
-            memory_ratio=peak / memory[0] if peak is not None else None,
+            memory_ratio=peak / memory[0] if peak is not None and memory[0] else None,
         ))
     return rows
 
