@@ -84,6 +84,14 @@ def test_cswin_style_file_with_namespace_args(tmp_path):
     assert torch.equal(default["bias"], ema["bias"]) and torch.equal(chosen["bias"], raw["bias"])
 
 
+def test_namespace_still_loads_after_a_timm_load(tmp_path):
+    # timm's loader wraps torch.load in safe_globals([argparse.Namespace]), which unregisters it on exit
+    path = tmp_path / "cswin_style.pth.tar"
+    torch.save({"state_dict": _tiny_state_dict(), "args": argparse.Namespace(lr=1e-3)}, path)
+    timm.models.load_state_dict(str(path))
+    assert load_checkpoint_file(path)["args"].lr == 1e-3
+
+
 def test_key_preference_matches_timm_and_reports_the_choice(tmp_path, caplog):
     assert STATE_DICT_KEYS[0] == "state_dict_ema"  # timm's loader prefers EMA weights too
     path = tmp_path / "both.pth"

@@ -71,7 +71,18 @@ class _PlainConfigNode:
 
 
 SAFE_GLOBALS: list[Any] = [argparse.Namespace, (_PlainConfigNode, YACS_CFG_NODE)]
-torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+def _allow_safe_globals() -> None:
+    """(Re-)registers :data:`SAFE_GLOBALS`.
+
+    Done before every load: a ``torch.serialization.safe_globals([...])`` context (timm's loader uses one
+    for ``argparse.Namespace``) removes its globals on exit even where they were registered before.
+    """
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+_allow_safe_globals()
 
 
 def load_checkpoint_file(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
@@ -92,6 +103,7 @@ def load_checkpoint_file(path: PathLike, map_location: Union[str, torch.device] 
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.suffix == SAFETENSORS_SUFFIX:
         return safetensors.torch.load_file(path, device=str(map_location))
+    _allow_safe_globals()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
