@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import boat_vit.models.boat_cswin as boat_cswin  # registers the models with timm
-from boat_vit.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_file
+from boat_vit.checkpoint import load_checkpoint_file, load_state_dict_file
 from boat_vit.models.boat_cswin import BoatCSWin, CrossShapedAttention, checkpoint_filter_fn, is_released_layout
 
 # The configuration of ../shared/fixtures/reference/boat_cswin_mini.pt, in our argument names.
@@ -142,13 +142,6 @@ def test_reference_ema_weights_preferred(reference, tmp_path):
     torch.testing.assert_close(loaded, ref["state_dict"]["stage1_conv_embed.0.weight"], rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    raises=CheckpointError,
-    strict=False,
-    reason="boat_vit.checkpoint registers argparse.Namespace with add_safe_globals once at import; timm's "
-    "loader wraps torch.load in safe_globals([argparse.Namespace]), whose exit removes Namespace again, so "
-    "after any timm file load in the process load_checkpoint_file refuses CSWin-style files",
-)
 def test_choose_checkpoint_entry_after_a_timm_load(reference, tmp_path):
     ref = reference("boat_cswin_mini")
     perturbed = {k: v + 1 if v.is_floating_point() else v for k, v in ref["state_dict"].items()}

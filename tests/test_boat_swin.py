@@ -372,12 +372,6 @@ def test_torch_compile_same_outputs():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="boat_vit.clustering._sort_within_groups sorts float32 scores through Tensor.view(torch.int32) "
-    "(aten.view.dtype) and otherwise with sort(stable=True) (aten.sort.stable); the ONNX exporter has no "
-    "translation for either. A plain sort(dim=-1) while exporting exports (TopK) and matches to 6e-7.",
-)
 def test_onnx_export_matches_pytorch(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
