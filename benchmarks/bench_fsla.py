@@ -8,16 +8,17 @@ median of the per-repeat ratios. Sections:
 * ``growth``: FSLA time per token at 224x224 tokens (N = 50176) vs 56x56 (N = 3136). Target: <= 1.5x.
 * ``global``: global attention with the same projections (SDPA over all N tokens) vs FSLA at 112x112
   (N = 12544). Target: FSLA >= 5x faster.
-* ``memory``: peak resident memory added by one FSLA forward, per token, at N = 3136, 12544, 50176 (each in
-  a fresh process). Linear growth means a constant per-token figure.
+* ``memory``: peak resident memory of one FSLA forward above the memory before it, per token, at N = 3136,
+  12544, 50176 (each in a fresh process, measured as ``boat-vit bench`` does). Linear growth means a
+  constant per-token figure.
 
 Usage: ``python benchmarks/bench_fsla.py [--sections window growth global memory] [--repeats 15]``.
 """
 import argparse
 import json
 import multiprocessing
+import os
 import platform
-import resource
 import statistics
 import time
 from typing import Callable
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import WindowAttention, window_partition
 
 from boat_vit import FeatureSpaceLocalAttention
+from boat_vit.bench import MEMORY_MMAP_THRESHOLD, reset_peak_resident, resident_bytes
 
 WINDOW = 7
 WINDOW_CASES = ((56, 96, 3), (28, 192, 6))  # (side, channels, heads)
@@ -112,17 +114,21 @@ def bench_global(batch: int, repeats: int) -> list[dict]:
 
 
 def _peak_forward_bytes(side: int, batch: int, queue) -> None:
-    """Child process: resident-memory high-water mark added by one forward (Linux reports KiB)."""
+    """Child process: peak resident memory of one forward above the resident memory before it (Linux)."""
     torch.set_grad_enabled(False)
     fsla = FeatureSpaceLocalAttention(96, 3).eval()
     fsla(torch.randn(1, 14, 14, 96))  # load kernels before measuring
     x = torch.randn(batch, side, side, 96)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if not reset_peak_resident():
+        raise OSError("peak resident memory cannot be reset here (needs Linux /proc/self/clear_refs)")
+    before = resident_bytes()
     fsla(x)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    queue.put(resident_bytes(peak=True) - before)
 
 
 def bench_memory(batch: int) -> list[dict]:
+    # freed buffers return to the system, so the peak is the forward's own (as `boat-vit bench` measures)
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MEMORY_MMAP_THRESHOLD)
     context = multiprocessing.get_context("spawn")
     rows = []
     for side in MEMORY_SIDES:
