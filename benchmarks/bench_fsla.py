@@ -24,10 +24,9 @@ import time
 from typing import Callable
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from timm.models.swin_transformer import WindowAttention, window_partition
 
+from bench_scaling import GlobalAttention  # the same baseline as the scaling sweep
 from boat_vit import FeatureSpaceLocalAttention
 from boat_vit.bench import MEMORY_MMAP_THRESHOLD, reset_peak_resident, resident_bytes
 
@@ -37,23 +36,6 @@ GROWTH_SIDES = (56, 224)
 GLOBAL_SIDE = 112
 MEMORY_SIDES = (56, 112, 224)
 WARMUP = 2
-
-
-class GlobalAttention(nn.Module):
-    """Baseline: the FSLA projections around one attention over all tokens."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, dim = x.shape
-        qkv = self.qkv(x.view(batch, -1, dim)).view(batch, -1, 3, self.num_heads, dim // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, -1, dim)
-        return self.proj(out).view_as(x)
 
 
 def _seconds(fn: Callable[[], object]) -> float:
