@@ -14,7 +14,7 @@ def reference():
     def load(stem: str) -> dict:
         path = REFERENCE_DIR / f"{stem}.pt"
         if not path.exists():
-            pytest.skip(f"reference vectors not found at {path} (they live in the project's shared/ folder)")
+            pytest.skip(reason=f"reference vectors not found at {path} (they live in the project's shared/ folder)")
         return torch.load(path, weights_only=True)
 
     return load

@@ -60,6 +60,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from ..checkpoint import fill_missing_from_model, register_layout_conversion, select_state_dict
 from ..layers import FeatureSpaceLocalAttention
+from ._metadata import BOAT_PAPER_CFG
 
 __all__ = ["BoatCSWin", "BoatCSWinBlock", "CrossShapedAttention", "checkpoint_filter_fn", "is_released_layout"]
 
@@ -663,14 +664,7 @@ def _cfg(**kwargs) -> Dict[str, Any]:
         "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj",
         "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2201.13027",
-        "paper_name": "BOAT: Bilateral Local Attention Vision Transformer",
-        "origin_url": "https://github.com/mahaoyuHKU/pytorch-boat",
-        "notes": (
-            "Released ImageNet-1k weights are hosted externally (see origin_url); load a local copy with "
-            "pretrained_cfg_overlay=dict(file=PATH).",
-        ),
+        **BOAT_PAPER_CFG,
         **kwargs,
     }
 

@@ -36,6 +36,7 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, 
 from ..checkpoint import fill_missing_from_model, register_layout_conversion, select_state_dict
 from ..clustering import DEFAULT_GROUP_SIZE
 from ..layers import DEFAULT_OVERLAP, FeatureSpaceLocalAttention
+from ._metadata import BOAT_PAPER_CFG
 
 __all__ = [
     "BoatSwinTransformer",
@@ -412,14 +413,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
         "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj",
         "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2201.13027",
-        "paper_name": "BOAT: Bilateral Local Attention Vision Transformer",
-        "origin_url": "https://github.com/mahaoyuHKU/pytorch-boat",
-        "notes": (
-            "Weights are on an external host linked from the origin README; load a local copy with "
-            "pretrained=True, pretrained_cfg_overlay=dict(file=PATH).",
-        ),
+        **BOAT_PAPER_CFG,
         **kwargs,
     }
 
