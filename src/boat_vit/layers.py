@@ -126,32 +126,26 @@ class FeatureSpaceLocalAttention(nn.Module):
         num_tokens = tokens.shape[1]
         heads, head_dim = self.num_heads, self.head_dim
 
-        # q, k and v as separate (B, N, C) planes: rows (b, token, head) of head_dim features each, and v is
-        # directly the channels-last image of the value convolution
-        q, k, v = (F.linear(tokens, w, b) for w, b in zip(*self._qkv_parts()))
+        # One projection; rows (b, token, part, head) of head_dim features with part 0/1/2 for q/k/v
+        qkv = self.qkv(tokens)
         num_seq = batch * heads
         if clustering is None:
             clustering = balanced_clustering(
-                q.view(batch, num_tokens, heads, head_dim).transpose(1, 2),
+                qkv.view(batch, num_tokens, 3, heads, head_dim)[:, :, 0].transpose(1, 2),
                 self.group_size,
                 self.iterations,
                 self.temperature,
             )
         plan = clustering.plan
-        device = x.device
 
-        # Row of (b, token, head) in a plane; padding slots point at a real row (queries dropped, keys masked).
-        seq = torch.arange(num_seq, device=device)
+        # Gather q, k and v of every sequence into slot order; padding slots repeat a real row (their queries
+        # are dropped, their keys masked).
+        seq = torch.arange(num_seq, device=x.device)
         token = clustering.order.clamp(max=num_tokens - 1)
-        q_rows = ((seq // heads)[:, None] * num_tokens + token) * heads + (seq % heads)[:, None]
-        key_slots, mask = self._key_layout(plan, device)
-        k_rows = q_rows.index_select(1, key_slots.flatten()).flatten()
-        group_shape = (num_seq, plan.num_groups, -1, head_dim)
-        values = v
-        q, k, v = (
-            plane.view(-1, head_dim).index_select(0, index).view(group_shape)
-            for plane, index in ((q, q_rows.flatten()), (k, k_rows), (v, k_rows))
-        )
+        q_rows = (((seq // heads)[:, None] * num_tokens + token) * 3 * heads + (seq % heads)[:, None]).flatten()
+        rows = qkv.view(-1, head_dim)
+        q, k, v = (rows.index_select(0, q_rows + part * heads) for part in range(3))
+        q, k, v, mask = self._sibling_windows(q, k, v, plan)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
         )
@@ -161,30 +155,50 @@ class FeatureSpaceLocalAttention(nn.Module):
         out = out.reshape(-1, head_dim).index_select(0, out_rows.transpose(1, 2).flatten())
         out = out.view(batch, num_tokens, channels)
         if self.get_v is not None:
-            # (B, C, H, W) view of channels-last values, the fast layout for a depthwise convolution
-            lepe = self.get_v(values.view(shape).permute(0, 3, 1, 2))
+            # (B, C, H, W) view of the values
+            values = qkv[..., 2 * channels :].reshape(shape)
+            lepe = self.get_v(values.permute(0, 3, 1, 2))
             out = out.add_(lepe.permute(0, 2, 3, 1).reshape(out.shape))
         out = self.proj_drop(self.proj(out))
         return out.reshape(shape), clustering
 
-    def _key_layout(self, plan: GroupPlan, device: torch.device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Key slots of every group (its own slots, then the sibling overlap) and the mask of real keys.
+    def _sibling_windows(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: GroupPlan
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Arranges slot-order rows for attention without copying keys and values.
+
+        A group's keys are its own slots plus the sibling overlap (:func:`sibling_overlap_slots`). In a
+        sibling pair (A, B) these are contiguous slot ranges: A's own slots then B's first ``overlap``, and
+        A's last ``overlap`` real slots then B's own. So keys and values are overlapping windows (``unfold``)
+        of the pair's slots; with padding the windows are one slot longer and a mask drops the extras.
+
+        Args:
+            q, k, v: ``(S * num_slots, head_dim)`` rows in slot order.
+            plan: The group layout.
 
         Returns:
-            ``(groups, keys)`` slot indices, and ``None`` without padding or else a boolean
-            ``(groups, 1, keys)`` mask that is False at padding slots.
+            ``q`` as ``(pairs, 2, group_size, head_dim)``, ``k`` and ``v`` as ``(pairs, 2, window, head_dim)``
+            views, and ``None`` or a boolean ``(pairs, 2, 1, window)`` mask of the keys to attend to.
         """
-        own = torch.arange(plan.num_slots, device=device).view(plan.num_groups, plan.group_size)
-        overlap = sibling_overlap_slots(plan, self.overlap if plan.num_levels else 0, device)
-        key_slots = torch.cat([own, overlap], dim=1)
+        size, head_dim = plan.group_size, q.shape[-1]
+        if not plan.num_levels:  # a single group: plain attention, no sibling
+            return *(t.view(-1, 1, size, head_dim) for t in (q, k, v)), None
+        window = size + self.overlap + (1 if plan.num_padding else 0)
+        step = 2 * size - window
+        q = q.view(-1, 2, size, head_dim)
+        k, v = (t.view(-1, 2 * size, head_dim).unfold(1, window, step).transpose(-1, -2) for t in (k, v))
         if not plan.num_padding:
-            return key_slots, None
-        position = torch.arange(key_slots.shape[1], device=device)[None, :]
-        real = plan.real_counts(plan.num_levels, device)[:, None]
-        return key_slots, ((position < real) | (position >= plan.group_size))[:, None, :]
-
-    def _qkv_parts(self) -> tuple[tuple[torch.Tensor, ...], tuple[Optional[torch.Tensor], ...]]:
-        """Weights and biases of the q, k and v projections (row blocks of ``qkv``)."""
-        weights = self.qkv.weight.chunk(3)
-        biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
-        return weights, biases
+            return q, k, v, None
+        # keys wanted by each group, as positions in its pair's 2 * size slots
+        device = q.device
+        group = torch.arange(plan.num_groups, device=device)[:, None]
+        pair_start = (group // 2) * 2 * size
+        own = torch.arange(size, device=device)[None, :]
+        wanted = torch.zeros(plan.num_groups, 2 * size, dtype=torch.bool, device=device)
+        own_real = own < plan.real_counts(plan.num_levels, device)[:, None]
+        wanted.scatter_(1, (group % 2) * size + own, own_real)
+        wanted.scatter_(1, sibling_overlap_slots(plan, self.overlap, device) - pair_start, True)
+        position = (group % 2) * step + torch.arange(window, device=device)[None, :]
+        mask = wanted.gather(1, position).view(1, -1, 2, 1, window)
+        num_pairs = q.shape[0]
+        return q, k, v, mask.expand(num_pairs // mask.shape[1], -1, -1, -1, -1).reshape(num_pairs, 2, 1, window)
