@@ -130,8 +130,8 @@ def _sort_within_groups(score: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
         return score.sort(dim=-1).indices + torch.arange(0, num_rows * n, n, device=score.device)[:, None]
     if score.dtype == torch.float32:
-        row_keys = torch.arange(num_rows, device=score.device)[:, None] << 32
-        keys = score.contiguous().view(torch.int32).long() | row_keys
+        row_keys = torch.arange(0, num_rows << 32, 1 << 32, device=score.device)[:, None]
+        keys = row_keys + score.contiguous().view(torch.int32)  # bits < 2**31, so + is |
         return keys.flatten().sort(stable=True).indices.view(num_rows, n)
     return score.sort(dim=-1, stable=True).indices + torch.arange(0, num_rows * n, n, device=score.device)[:, None]
 
@@ -188,12 +188,12 @@ def balanced_clustering(
             for _ in range(iterations):
                 # softmax over the two centres is a sigmoid of the scaled cosine difference
                 direction = (centres[:, :1] - centres[:, 1:]) * temperature
-                weight_first = torch.sigmoid(torch.matmul(direction, groups.transpose(1, 2)) * inv_norm_groups)
+                weight_first = torch.matmul(direction, groups.transpose(1, 2)).mul_(inv_norm_groups).sigmoid_()
                 sum_first = weight_first.bmm(groups)[:, 0]
                 centres = F.normalize(torch.stack([sum_first, total - sum_first], dim=1), dim=-1)
-            cos = torch.matmul(centres, groups.transpose(1, 2)) * inv_norm_groups
+            cos = torch.matmul(centres, groups.transpose(1, 2)).mul_(inv_norm_groups)
             # (1 + cos0) / (1 + cos1), kept positive and finite so that padding (inf) sorts last
-            shifted = (cos + 1).clamp_min_(torch.finfo(work.dtype).tiny)
+            shifted = cos.add_(1).clamp_min_(torch.finfo(work.dtype).tiny)
             score = shifted[:, 0] / shifted[:, 1]
             if plan.num_padding:
                 score = score.masked_fill(torch.arange(n, device=device)[None, :] >= real, float("inf"))
