@@ -12,7 +12,13 @@ median of the per-repeat ratios. Sections:
   12544, 50176 (each in a fresh process, measured as ``boat-vit bench`` does). Linear growth means a
   constant per-token figure.
 
-Usage: ``python benchmarks/bench_fsla.py [--sections window growth global memory] [--repeats 15]``.
+Timings run with ``--allocator retain`` unless told otherwise: freed memory stays in the process
+(:func:`boat_vit.bench.retain_freed_memory`), so neither contender pays page faults for recycled buffers;
+``--allocator glibc`` keeps the C library's default, whose page-fault costs depend on what the process
+allocated before and swing a ratio by a third between runs.
+
+Usage: ``python benchmarks/bench_fsla.py [--sections window growth global memory] [--repeats 15]
+[--allocator retain|glibc]``.
 """
 import argparse
 import json
@@ -28,7 +34,13 @@ from timm.models.swin_transformer import WindowAttention, window_partition
 
 from bench_scaling import GlobalAttention  # the same baseline as the scaling sweep
 from boat_vit import FeatureSpaceLocalAttention
-from boat_vit.bench import MEMORY_MMAP_THRESHOLD, reset_peak_resident, resident_bytes
+from boat_vit.bench import (
+    ALLOCATOR_HELP,
+    MEMORY_MMAP_THRESHOLD,
+    reset_peak_resident,
+    resident_bytes,
+    retain_freed_memory,
+)
 
 WINDOW = 7
 WINDOW_CASES = ((56, 96, 3), (28, 192, 6))  # (side, channels, heads)
@@ -142,10 +154,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward")
     parser.add_argument("--repeats", type=int, default=15, help="timed pairs for the small cases")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--allocator", choices=["retain", "glibc"], default="retain", help=ALLOCATOR_HELP)
     args = parser.parse_args()
+    allocator = "retain" if args.allocator == "retain" and retain_freed_memory() else "glibc"
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"fp32, batch {args.batch_size}\n")
+          f"fp32, batch {args.batch_size}, allocator {allocator}\n")
     results = {}
     sections = {
         "window": ("FSLA vs timm WindowAttention", lambda: bench_window(args.batch_size, args.repeats)),

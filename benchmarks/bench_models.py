@@ -9,7 +9,11 @@ images/s of each and the median of the per-repeat throughput ratios (BOAT / base
 
 Defaults: batch 8, 224x224, float32, CPU. Add a comparison by adding an entry to :data:`PAIRS`.
 
-Usage: ``python benchmarks/bench_models.py [--pairs boat_swin_t] [--modes inference train] [--repeats 10]``.
+Timings run with freed memory kept in the process (``--allocator retain``, see
+:func:`boat_vit.bench.retain_freed_memory`); ``--allocator glibc`` keeps the C library's default.
+
+Usage: ``python benchmarks/bench_models.py [--pairs boat_swin_t] [--modes inference train] [--repeats 10]
+[--allocator retain|glibc]``.
 """
 import argparse
 import json
@@ -25,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import boat_vit.models  # noqa: F401  (registers the BOAT models)
+from boat_vit.bench import ALLOCATOR_HELP, retain_freed_memory
 
 
 @dataclass(frozen=True)
@@ -127,9 +132,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--allocator", choices=["retain", "glibc"], default="retain", help=ALLOCATOR_HELP)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator = "retain" if args.allocator == "retain" and retain_freed_memory() else "glibc"
 
     rows = [
         bench_pair(PAIRS[name], mode, args.batch, args.size, args.repeats, args.warmup)
@@ -139,7 +146,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, float32, "
-        f"{args.repeats} interleaved repeats"
+        f"{args.repeats} interleaved repeats, allocator {allocator}"
     )
     print(markdown_table(rows))
     if args.json:

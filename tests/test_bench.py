@@ -3,6 +3,8 @@ import contextlib
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -28,7 +30,7 @@ def bench_run(tmp_path_factory):
     with contextlib.redirect_stdout(stdout):
         status = main(["bench", *MODELS, "--model-kwargs", json.dumps(TINY_KWARGS), "--batch-size", str(BATCH),
                        "--warmup", "1", "--repeats", "2", "--device", "cpu", "--csv", str(csv_path),
-                       "--json", str(json_path)])
+                       "--json", str(json_path), "--allocator", "glibc"])
     assert status == 0
     with open(csv_path, newline="") as f:
         csv_rows = list(csv.DictReader(f))
@@ -103,3 +105,32 @@ def test_unknown_model_names_a_close_match(capsys):
 def test_bad_settings_are_value_errors(change):
     with pytest.raises(ValueError):
         benchmark_models(MODELS[:1], BenchConfig(**change))
+
+
+FRESH_BUFFER_FAULTS = """
+import resource, sys, torch
+from boat_vit.bench import retain_freed_memory
+if sys.argv[1] == "retain" and not retain_freed_memory():
+    sys.exit(print("unsupported"))
+def faults_of_a_fresh_buffer():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(64 << 20, dtype=torch.uint8)  # above glibc's largest adaptive mmap threshold (32 MiB)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_a_fresh_buffer()
+print(faults_of_a_fresh_buffer())
+"""
+
+
+def _faults_of_second_buffer(allocator: str) -> str:
+    result = subprocess.run([sys.executable, "-c", FRESH_BUFFER_FAULTS, allocator], capture_output=True, text=True,
+                            check=True)
+    return result.stdout.strip()
+
+
+def test_retain_freed_memory_reuses_buffers_without_page_faults():
+    retained = _faults_of_second_buffer("retain")
+    if retained == "unsupported":
+        pytest.skip("the C library has no mallopt (not glibc)")
+    pages = (64 << 20) // 4096
+    assert int(_faults_of_second_buffer("glibc")) >= pages // 2  # default: unmapped on free, faulted again
+    assert int(retained) < pages // 16

@@ -24,6 +24,8 @@ then the peak is taken over one more pass.
 """
 import argparse
 import csv
+import ctypes
+import ctypes.util
 import dataclasses
 import datetime
 import json
@@ -58,6 +60,8 @@ __all__ = [
     "write_json",
     "resident_bytes",
     "reset_peak_resident",
+    "retain_freed_memory",
+    "ALLOCATOR_HELP",
 ]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -68,6 +72,13 @@ MIB = 2**20
 KIB = 1024
 # glibc: allocations above this many bytes are mmapped and unmapped on free (fixed, not adaptive)
 MEMORY_MMAP_THRESHOLD = 1 << 16
+ALLOCATOR_HELP = (
+    "retain (default): keep freed memory in the process (boat_vit.bench.retain_freed_memory), so no contender pays "
+    "page faults for recycled buffers; glibc: the C library's default, whose page-fault costs depend on what the "
+    "process allocated before"
+)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+_MALLOPT_MAX = 2**31 - 1  # mallopt takes an int
 _RESET_PEAK_RSS = "5"  # written to /proc/self/clear_refs: peak RSS := current RSS (Linux >= 4.0)
 _MEMORY_CHILD = "from boat_vit.bench import _memory_child_main; _memory_child_main()"
 
@@ -267,6 +278,28 @@ def reset_peak_resident() -> bool:
     return True
 
 
+def retain_freed_memory() -> bool:
+    """Makes glibc ``malloc`` keep freed memory for reuse instead of returning it to the system.
+
+    By default glibc unmaps large freed blocks and trims its heap once the free top passes an adaptive
+    threshold. A CPU pass that allocates tens of MB of temporaries then pays a page fault per 4 KiB it
+    touches, on some calls and not others, depending on what the process allocated before: timings swing
+    by a third between runs. This fixes both thresholds high for the rest of the process (as the
+    ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` variables would), the steady state of a
+    caching allocator such as jemalloc or tcmalloc. Memory measurements (:func:`measure_peak_memory`) run
+    in their own processes and are unaffected.
+
+    Returns:
+        False where the C library has no ``mallopt`` (not glibc); nothing is changed then.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MALLOPT_MAX) and mallopt(_M_TRIM_THRESHOLD, _MALLOPT_MAX))
+
+
 def _lifetime_peak_rss_bytes() -> int:
     """``ru_maxrss`` in bytes: it is in KiB on Linux, bytes on macOS."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -441,6 +474,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.allocator == "retain" and not retain_freed_memory():
+        print("note: --allocator retain needs glibc; running with the default allocator", file=sys.stderr)
     config = BenchConfig(
         batch_size=args.batch_size, img_size=args.img_size, device=args.device, dtype=args.dtype, amp=args.amp,
         amp_dtype=args.amp_dtype, compile=args.compile, channels_last=args.channels_last, train=args.train,
@@ -474,6 +509,7 @@ def add_parser(subparsers) -> None:
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     add("--threads", type=int, help="CPU threads (torch.set_num_threads; default: PyTorch's choice). On a shared "
                                     "machine 1 thread avoids stalls on descheduled worker threads")
+    add("--allocator", choices=["retain", "glibc"], default="retain", help=ALLOCATOR_HELP)
     add("--compile", action="store_true", help="run the models through torch.compile")
     add("--channels-last", action="store_true", help="channels-last weights and inputs")
     add("--train", action="store_true", help="time forward + backward + AdamW step instead of inference")
