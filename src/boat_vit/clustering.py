@@ -35,6 +35,7 @@ DEFAULT_GROUP_SIZE = 49
 DEFAULT_ITERATIONS = 2
 DEFAULT_TEMPERATURE = 100.0
 _NORM_EPS = 1e-12  # as torch.nn.functional.normalize
+_CHUNK_ROWS = 1 << 16  # (sequence, slot) rows split at a time: two chunk buffers of D = 32 floats fit in 16 MB
 
 
 @dataclass(frozen=True)
@@ -165,51 +166,86 @@ def balanced_clustering(
     work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.no_grad():
         # (sequence, slot) rows, regrouped level by level; padding rows stay zero
-        work = torch.empty(num_seq * plan.num_slots, dim, dtype=work_dtype, device=device)
+        work = torch.empty(num_seq, plan.num_slots, dim, dtype=work_dtype, device=device)
         slots = work.view(*lead, plan.num_slots, dim)
         slots[..., :num_tokens, :].copy_(x.detach())
         slots[..., num_tokens:, :].zero_()
-        spare = torch.empty_like(work) if plan.num_levels > 1 else None  # gather target, used in turn with work
         inv_norm = 1 / torch.linalg.vector_norm(work, dim=-1).clamp_min(_NORM_EPS)  # cosine = dot * inv_norm
-        order = torch.arange(plan.num_slots, device=device).repeat(num_seq)
-        for level in range(plan.num_levels):
-            n = plan.num_slots >> level
-            groups = work.view(-1, n, dim)
-            if plan.num_padding:
-                real = plan.real_counts(level, device).repeat(num_seq)[:, None]
-                in_first = torch.arange(n, device=device)[None, :] < (real + 1) // 2
-                halves = torch.stack([in_first, ~in_first], dim=1).to(work.dtype)  # padding rows are 0
-                half_sums = halves.bmm(groups)
-            else:
-                half_sums = groups.view(-1, 2, n // 2, dim).sum(dim=2)
-            total = half_sums.sum(dim=1)
-            centres = F.normalize(half_sums, dim=-1)  # the means of both halves, normalised
-            inv_norm_groups = inv_norm.view(-1, 1, n)
-            for _ in range(iterations):
-                # softmax over the two centres is a sigmoid of the scaled cosine difference
-                direction = (centres[:, :1] - centres[:, 1:]) * temperature
-                weight_first = torch.matmul(direction, groups.transpose(1, 2)).mul_(inv_norm_groups).sigmoid_()
-                sum_first = weight_first.bmm(groups)[:, 0]
-                centres = F.normalize(torch.stack([sum_first, total - sum_first], dim=1), dim=-1)
-            cos = torch.matmul(centres, groups.transpose(1, 2)).mul_(inv_norm_groups)
-            # (1 + cos0) / (1 + cos1), kept positive and finite so that padding (inf) sorts last
-            shifted = cos.add_(1).clamp_min_(torch.finfo(work.dtype).tiny)
-            score = shifted[:, 0] / shifted[:, 1]
-            if plan.num_padding:
-                score = score.masked_fill(torch.arange(n, device=device)[None, :] >= real, float("inf"))
-            rows = _sort_within_groups(score)
-            if plan.num_padding:
-                split = _split_slots(plan, level, device)
-                rows = rows.view(num_seq, -1, n).gather(2, split.expand(num_seq, -1, -1))
-            rows = rows.flatten()
-            order = order.index_select(0, rows)
-            if level + 1 < plan.num_levels:
-                work, spare = torch.index_select(work, 0, rows, out=spare), work
-                inv_norm = inv_norm.index_select(0, rows)
-        order = order.view(num_seq, -1)
-        slots = torch.arange(plan.num_slots, device=device).expand(num_seq, -1)
-        inverse = torch.empty_like(order).scatter_(1, order, slots)[:, :num_tokens]
+        order = torch.arange(plan.num_slots, device=device).repeat(num_seq, 1)
+        if plan.num_levels:
+            # a few sequences at a time, so that a chunk's rows stay in cache across the passes of a level
+            num_chunks = -(-work[..., 0].numel() // _CHUNK_ROWS)
+            chunk = -(-num_seq // num_chunks)
+            spare = torch.empty_like(work[:chunk]) if plan.num_levels > 1 else None  # gather target
+            order = torch.cat([
+                _split_levels(work[start : start + chunk], inv_norm[start : start + chunk], plan, iterations,
+                              temperature, spare)
+                for start in range(0, num_seq, chunk)
+            ])
+        slot = torch.arange(plan.num_slots, device=device).expand(num_seq, -1)
+        inverse = torch.empty_like(order).scatter_(1, order, slot)[:, :num_tokens]
     return Clustering(plan, order, inverse)
+
+
+def _split_levels(
+    work: torch.Tensor,
+    inv_norm: torch.Tensor,
+    plan: GroupPlan,
+    iterations: int,
+    temperature: float,
+    spare: torch.Tensor | None,
+) -> torch.Tensor:
+    """All levels of splits for a chunk of sequences (module docstring); returns their ``(S, num_slots)`` order.
+
+    Args:
+        work: ``(S, num_slots, D)`` features, padding rows zero; overwritten.
+        inv_norm: ``(S, num_slots)`` inverse L2 norms of the rows.
+        plan: The group layout.
+        iterations: Centre refinements per split.
+        temperature: Sharpness of the soft assignment.
+        spare: Gather target of at least ``work``'s size, used in turn with ``work`` (more than one level).
+    """
+    num_seq, _, dim = work.shape
+    device = work.device
+    work, inv_norm = work.view(-1, dim), inv_norm.flatten()
+    if spare is not None:
+        spare = spare.view(-1, dim)[: work.shape[0]]
+    order = torch.arange(plan.num_slots, device=device).repeat(num_seq)
+    for level in range(plan.num_levels):
+        n = plan.num_slots >> level
+        groups = work.view(-1, n, dim)
+        if plan.num_padding:
+            real = plan.real_counts(level, device).repeat(num_seq)[:, None]
+            in_first = torch.arange(n, device=device)[None, :] < (real + 1) // 2
+            halves = torch.stack([in_first, ~in_first], dim=1).to(work.dtype)  # padding rows are 0
+            half_sums = halves.bmm(groups)
+        else:
+            half_sums = groups.view(-1, 2, n // 2, dim).sum(dim=2)
+        total = half_sums.sum(dim=1)
+        centres = F.normalize(half_sums, dim=-1)  # the means of both halves, normalised
+        inv_norm_groups = inv_norm.view(-1, 1, n)
+        for _ in range(iterations):
+            # softmax over the two centres is a sigmoid of the scaled cosine difference
+            direction = (centres[:, :1] - centres[:, 1:]) * temperature
+            weight_first = torch.matmul(direction, groups.transpose(1, 2)).mul_(inv_norm_groups).sigmoid_()
+            sum_first = weight_first.bmm(groups)[:, 0]
+            centres = F.normalize(torch.stack([sum_first, total - sum_first], dim=1), dim=-1)
+        cos = torch.matmul(centres, groups.transpose(1, 2)).mul_(inv_norm_groups)
+        # (1 + cos0) / (1 + cos1), kept positive and finite so that padding (inf) sorts last
+        shifted = cos.add_(1).clamp_min_(torch.finfo(work.dtype).tiny)
+        score = shifted[:, 0] / shifted[:, 1]
+        if plan.num_padding:
+            score = score.masked_fill(torch.arange(n, device=device)[None, :] >= real, float("inf"))
+        rows = _sort_within_groups(score)
+        if plan.num_padding:
+            split = _split_slots(plan, level, device)
+            rows = rows.view(num_seq, -1, n).gather(2, split.expand(num_seq, -1, -1))
+        rows = rows.flatten()
+        order = order.index_select(0, rows)
+        if level + 1 < plan.num_levels:
+            work, spare = torch.index_select(work, 0, rows, out=spare), work
+            inv_norm = inv_norm.index_select(0, rows)
+    return order.view(num_seq, -1)
 
 
 def sibling_overlap_slots(plan: GroupPlan, overlap: int, device: torch.device | None = None) -> torch.Tensor:
