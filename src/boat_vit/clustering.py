@@ -165,23 +165,27 @@ def balanced_clustering(
     device = x.device
     work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.no_grad():
-        # (sequence, slot) rows, regrouped level by level; padding rows stay zero
-        work = torch.empty(num_seq, plan.num_slots, dim, dtype=work_dtype, device=device)
-        slots = work.view(*lead, plan.num_slots, dim)
-        slots[..., :num_tokens, :].copy_(x.detach())
-        slots[..., num_tokens:, :].zero_()
-        inv_norm = 1 / torch.linalg.vector_norm(work, dim=-1).clamp_min(_NORM_EPS)  # cosine = dot * inv_norm
-        order = torch.arange(plan.num_slots, device=device).repeat(num_seq, 1)
-        if plan.num_levels:
-            # a few sequences at a time, so that a chunk's rows stay in cache across the passes of a level
-            num_chunks = -(-work[..., 0].numel() // _CHUNK_ROWS)
-            chunk = -(-num_seq // num_chunks)
-            spare = torch.empty_like(work[:chunk]) if plan.num_levels > 1 else None  # gather target
-            order = torch.cat([
-                _split_levels(work[start : start + chunk], inv_norm[start : start + chunk], plan, iterations,
-                              temperature, spare)
-                for start in range(0, num_seq, chunk)
-            ])
+        if not plan.num_levels or not num_seq:
+            order = torch.arange(plan.num_slots, device=device).repeat(num_seq, 1)
+        else:
+            # Chunks of the first dimension, each split through all levels before the next, so that a chunk's
+            # rows stay in cache across the passes of a level; the two row buffers are reused by every chunk.
+            parts = x.detach() if x.ndim > 2 else x.detach()[None]
+            num_chunks = max(1, -(-num_seq * plan.num_slots // _CHUNK_ROWS))
+            chunk = -(-parts.shape[0] // num_chunks)
+            seq_per_part = num_seq // parts.shape[0]
+            work = torch.empty(min(chunk, parts.shape[0]) * seq_per_part, plan.num_slots, dim, dtype=work_dtype,
+                               device=device)
+            spare = torch.empty_like(work) if plan.num_levels > 1 else None
+            orders = []
+            for start in range(0, parts.shape[0], chunk):
+                part = parts[start : start + chunk]
+                rows = work[: part.shape[0] * seq_per_part]
+                slots = rows.view(*part.shape[:-2], plan.num_slots, dim)
+                slots[..., :num_tokens, :].copy_(part)
+                slots[..., num_tokens:, :].zero_()  # padding rows
+                orders.append(_split_levels(rows, plan, iterations, temperature, spare))
+            order = torch.cat(orders)
         slot = torch.arange(plan.num_slots, device=device).expand(num_seq, -1)
         inverse = torch.empty_like(order).scatter_(1, order, slot)[:, :num_tokens]
     return Clustering(plan, order, inverse)
@@ -189,7 +193,6 @@ def balanced_clustering(
 
 def _split_levels(
     work: torch.Tensor,
-    inv_norm: torch.Tensor,
     plan: GroupPlan,
     iterations: int,
     temperature: float,
@@ -199,7 +202,6 @@ def _split_levels(
 
     Args:
         work: ``(S, num_slots, D)`` features, padding rows zero; overwritten.
-        inv_norm: ``(S, num_slots)`` inverse L2 norms of the rows.
         plan: The group layout.
         iterations: Centre refinements per split.
         temperature: Sharpness of the soft assignment.
@@ -207,7 +209,8 @@ def _split_levels(
     """
     num_seq, _, dim = work.shape
     device = work.device
-    work, inv_norm = work.view(-1, dim), inv_norm.flatten()
+    work = work.view(-1, dim)
+    inv_norm = 1 / torch.linalg.vector_norm(work, dim=-1).clamp_min(_NORM_EPS)  # cosine = dot * inv_norm
     if spare is not None:
         spare = spare.view(-1, dim)[: work.shape[0]]
     order = torch.arange(plan.num_slots, device=device).repeat(num_seq)
