@@ -138,26 +138,28 @@ class FeatureSpaceLocalAttention(nn.Module):
             )
         plan = clustering.plan
 
+        lepe = None
+        if self.get_v is not None:  # depthwise convolution of the values as a (B, C, H, W) view
+            lepe = self.get_v(qkv[..., 2 * channels :].reshape(shape).permute(0, 3, 1, 2))
+
         # Gather q, k and v of every sequence into slot order; padding slots repeat a real row (their queries
-        # are dropped, their keys masked).
+        # are dropped, their keys masked). Each buffer is released as soon as it is used, for peak memory.
         seq = torch.arange(num_seq, device=x.device)
         token = clustering.order.clamp(max=num_tokens - 1)
         q_rows = (((seq // heads)[:, None] * num_tokens + token) * 3 * heads + (seq % heads)[:, None]).flatten()
-        rows = qkv.view(-1, head_dim)
-        q, k, v = (rows.index_select(0, q_rows + part * heads) for part in range(3))
+        q, k, v = (qkv.view(-1, head_dim).index_select(0, q_rows + part * heads) for part in range(3))
+        del qkv
         q, k, v, mask = self._sibling_windows(q, k, v, plan)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
         )
+        del q, k, v
 
         # Back to token order: row (b, token, head) of the output is slot inverse[b * heads + head, token].
         out_rows = (seq[:, None] * plan.num_slots + clustering.inverse).view(batch, heads, num_tokens)
         out = out.reshape(-1, head_dim).index_select(0, out_rows.transpose(1, 2).flatten())
         out = out.view(batch, num_tokens, channels)
-        if self.get_v is not None:
-            # (B, C, H, W) view of the values
-            values = qkv[..., 2 * channels :].reshape(shape)
-            lepe = self.get_v(values.permute(0, 3, 1, 2))
+        if lepe is not None:
             out = out.add_(lepe.permute(0, 2, 3, 1).reshape(out.shape))
         out = self.proj_drop(self.proj(out))
         return out.reshape(shape), clustering
