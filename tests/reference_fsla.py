@@ -4,6 +4,7 @@ It follows the documented rule of :mod:`boat_vit.clustering` literally (lists of
 slots, no masks), so agreement with the fast path also shows that padding never reaches a real token.
 """
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,18 @@ def reference_levels(num_tokens: int, group_size: int) -> int:
     return levels
 
 
-def reference_groups(x: torch.Tensor, group_size: int = 49, iterations: int = 2, temperature: float = 100.0):
-    """Leaf groups of one sequence ``x`` of shape ``(N, D)``: a list of token-index lists, in group order."""
+def reference_groups(
+    x: torch.Tensor,
+    group_size: int = 49,
+    iterations: int = 2,
+    temperature: float = 100.0,
+    score_gaps: Optional[list] = None,
+):
+    """Leaf groups of one sequence ``x`` of shape ``(N, D)``: a list of token-index lists, in group order.
+
+    With ``score_gaps`` (a list), appends for every split the smallest relative gap between consecutive sorted
+    scores: where it is at rounding level, the order of a split is decided by rounding, not by the rule.
+    """
     groups = [list(range(x.shape[0]))]
     for _ in range(reference_levels(x.shape[0], group_size)):
         children = []
@@ -31,7 +42,10 @@ def reference_groups(x: torch.Tensor, group_size: int = 49, iterations: int = 2,
                 centres = F.normalize(soft.T @ feats, dim=-1)
             cos = F.normalize(feats, dim=-1) @ centres.T
             score = (1 + cos[:, 0]) / (1 + cos[:, 1])
-            ranked = [tokens[i] for i in torch.sort(score, stable=True).indices.tolist()]
+            ordered = torch.sort(score, stable=True)
+            if score_gaps is not None and len(tokens) > 1:
+                score_gaps.append((ordered.values.diff() / ordered.values[1:]).min().item())
+            ranked = [tokens[i] for i in ordered.indices.tolist()]
             children += [ranked[:half], ranked[half:]]
         groups = children
     return groups

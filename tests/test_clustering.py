@@ -1,8 +1,10 @@
 """Balanced hierarchical clustering: the token-count rule, invariants, and agreement with a simple reference."""
 
+import math
+
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from boat_vit.clustering import (
@@ -13,6 +15,8 @@ from boat_vit.clustering import (
 )
 
 from reference_fsla import reference_groups, reference_levels
+
+ROUNDING_TIE = 1e-12  # relative score gap below which float64 rounding, not the rule, orders two tokens
 
 
 @pytest.mark.parametrize(
@@ -81,7 +85,11 @@ def test_invariants_and_reference(num_seq, num_tokens, dim, group_size, seed):
     _check_invariants(result, num_seq, num_tokens)
     assert result.plan.num_levels == reference_levels(num_tokens, group_size)
     for s in range(num_seq):
-        expected = reference_groups(x[s], group_size)
+        gaps = []
+        expected = reference_groups(x[s], group_size, score_gaps=gaps)
+        # nearly parallel tokens can tie two scores up to rounding, which then orders them differently in
+        # the fast path (other arithmetic); the rule is only checked where it decides
+        assume(min(gaps, default=math.inf) > ROUNDING_TIE)
         got = [[t for t in g if t < num_tokens] for g in result.groups[s].tolist()]
         assert [sorted(g) for g in got] == [sorted(g) for g in expected]
 
