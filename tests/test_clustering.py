@@ -7,6 +7,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from boat_vit import clustering
 from boat_vit.clustering import (
     _sort_within_groups,
     balanced_clustering,
@@ -99,6 +100,33 @@ def test_leading_dimensions_are_sequences():
     together = balanced_clustering(x)
     alone = balanced_clustering(x.reshape(6, 200, 8))
     assert torch.equal(together.order, alone.order)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 700, 2000])  # one sequence, two (within an image), whole images
+def test_splitting_in_chunks_of_sequences_changes_nothing(monkeypatch, chunk_rows):
+    x = torch.randn(3, 4, 310, 8, dtype=torch.float64)  # 310 tokens: 4 groups of 78 slots, 2 of them padding
+    whole = balanced_clustering(x)
+    monkeypatch.setattr(clustering, "_CHUNK_ROWS", chunk_rows)
+    chunked = balanced_clustering(x)
+    assert torch.equal(whole.order, chunked.order) and torch.equal(whole.inverse, chunked.inverse)
+
+
+@pytest.mark.parametrize(
+    "shape, max_sequences, sizes",
+    [
+        ((8, 3), 20, [12, 12]),  # whole images, balanced
+        ((16, 3), 20, [18, 18, 12]),
+        ((2, 3), 1, [1] * 6),  # a large map: one sequence at a time
+        ((2, 3), 2, [2, 1, 2, 1]),  # never across an image
+        ((), 1, [1]),
+    ],
+)
+def test_sequence_chunks_are_consecutive_views(shape, max_sequences, sizes):
+    x = torch.randn(*shape, 5, 2)
+    chunks = list(clustering._sequence_chunks(x, max_sequences))
+    assert [math.prod(chunk.shape[:-2]) for chunk in chunks] == sizes
+    assert all(chunk.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for chunk in chunks)  # views
+    assert torch.equal(torch.cat([chunk.reshape(-1, 5, 2) for chunk in chunks]), x.reshape(-1, 5, 2))
 
 
 def test_input_is_not_modified_and_no_gradient():
