@@ -125,7 +125,8 @@ def test_sequence_chunks_are_consecutive_views(shape, max_sequences, sizes):
     x = torch.randn(*shape, 5, 2)
     chunks = list(clustering._sequence_chunks(x, max_sequences))
     assert [math.prod(chunk.shape[:-2]) for chunk in chunks] == sizes
-    assert all(chunk.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for chunk in chunks)  # views
+    storage = x.untyped_storage().data_ptr()
+    assert all(chunk.untyped_storage().data_ptr() == storage for chunk in chunks)  # views, not copies
     assert torch.equal(torch.cat([chunk.reshape(-1, 5, 2) for chunk in chunks]), x.reshape(-1, 5, 2))
 
 
