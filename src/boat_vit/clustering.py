@@ -21,7 +21,9 @@ Token counts (the rule for any ``N >= 1``, see :func:`plan_groups`):
 * ``N = group_size * 2**L`` has no padding and reproduces the released BOAT code exactly.
 
 No gradient flows through the clustering. Half-precision inputs are clustered in float32, float64 stays
-float64.
+float64. Every operation is batched over sequences and groups; Python loops run over levels and
+refinement iterations only, plus, on CPU, over cache-sized blocks of whole sequences (decided by shapes
+alone; results do not depend on it).
 """
 import math
 from collections.abc import Iterator
@@ -171,9 +173,9 @@ def balanced_clustering(
         if not plan.num_levels or not num_seq:
             order = torch.arange(plan.num_slots, device=device).repeat(num_seq, 1)
         else:
-            # Chunks of whole sequences, each split through all levels before the next, so that a chunk's rows
-            # stay in cache across the passes of a level; the two row buffers are reused by every chunk.
-            parts = list(_sequence_chunks(x.detach(), max(1, _CHUNK_ROWS // plan.num_slots)))
+            # On CPU, chunks of whole sequences, each split through all levels before the next, so that a
+            # chunk's rows stay in cache across the passes of a level; the row buffers serve every chunk.
+            parts = list(_sequence_chunks(x.detach(), _sequences_per_chunk(num_seq, plan.num_slots, device)))
             largest = max(math.prod(part.shape[:-2]) for part in parts)
             work = torch.empty(largest, plan.num_slots, dim, dtype=work_dtype, device=device)
             spare = torch.empty_like(work) if plan.num_levels > 1 else None
@@ -188,6 +190,17 @@ def balanced_clustering(
         slot = torch.arange(plan.num_slots, device=device).expand(num_seq, -1)
         inverse = torch.empty_like(order).scatter_(1, order, slot)[:, :num_tokens]
     return Clustering(plan, order, inverse)
+
+
+def _sequences_per_chunk(num_seq: int, num_slots: int, device: torch.device) -> int:
+    """How many sequences to split together.
+
+    All of them on accelerators and while compiling or exporting (one graph); on CPU about ``_CHUNK_ROWS``
+    rows' worth, which keeps a chunk in cache.
+    """
+    if device.type != "cpu" or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return num_seq
+    return max(1, _CHUNK_ROWS // num_slots)
 
 
 def _sequence_chunks(x: torch.Tensor, max_sequences: int) -> Iterator[torch.Tensor]:
