@@ -143,17 +143,17 @@ class FeatureSpaceLocalAttention(nn.Module):
             lepe = self.get_v(qkv[..., 2 * channels :].reshape(shape).permute(0, 3, 1, 2))
 
         # Gather q, k and v of every sequence into slot order; padding slots repeat a real row (their queries
-        # are dropped, their keys masked). Each buffer is released as soon as it is used, for peak memory.
+        # are dropped, their keys masked).
         seq = torch.arange(num_seq, device=x.device)
         token = clustering.order.clamp(max=num_tokens - 1)
         q_rows = (((seq // heads)[:, None] * num_tokens + token) * 3 * heads + (seq % heads)[:, None]).flatten()
         q, k, v = (qkv.view(-1, head_dim).index_select(0, q_rows + part * heads) for part in range(3))
-        del qkv
+        qkv = None  # released before the attention (peak memory)
         q, k, v, mask = self._sibling_windows(q, k, v, plan)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
         )
-        del q, k, v
+        q = k = v = None  # released before the way back
 
         # Back to token order: row (b, token, head) of the output is slot inverse[b * heads + head, token].
         out_rows = (seq[:, None] * plan.num_slots + clustering.inverse).view(batch, heads, num_tokens)
