@@ -173,3 +173,11 @@ def test_cuda_matches_cpu():
     x = _input(2, 28, 28, 16)
     with torch.no_grad():
         assert (layer.cuda()(x.cuda()).cpu() - layer.cpu()(x)).abs().max().item() < 1e-10
+
+
+def test_traces_as_one_graph():
+    """torch.compile sees the whole layer, clustering included: no graph break."""
+    layer = FeatureSpaceLocalAttention(16, 2).eval()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(layer)(torch.randn(2, 10, 11, 16))  # padded: 110 tokens
+    assert explanation.graph_break_count == 0, explanation.break_reasons
