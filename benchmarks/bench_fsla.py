@@ -35,11 +35,11 @@ from timm.models.swin_transformer import WindowAttention, window_partition
 from bench_scaling import GlobalAttention  # the same baseline as the scaling sweep
 from boat_vit import FeatureSpaceLocalAttention
 from boat_vit.bench import (
-    ALLOCATOR_HELP,
+    add_allocator_option,
     MEMORY_MMAP_THRESHOLD,
     reset_peak_resident,
     resident_bytes,
-    retain_freed_memory,
+    use_allocator,
 )
 
 WINDOW = 7
@@ -154,9 +154,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward")
     parser.add_argument("--repeats", type=int, default=15, help="timed pairs for the small cases")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--allocator", choices=["retain", "glibc"], default="retain", help=ALLOCATOR_HELP)
+    add_allocator_option(parser)
     args = parser.parse_args()
-    allocator = "retain" if args.allocator == "retain" and retain_freed_memory() else "glibc"
+    allocator = use_allocator(args.allocator)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"fp32, batch {args.batch_size}, allocator {allocator}\n")

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import boat_vit.models  # noqa: F401  (registers the BOAT models)
-from boat_vit.bench import ALLOCATOR_HELP, retain_freed_memory
+from boat_vit.bench import add_allocator_option, use_allocator
 
 
 @dataclass(frozen=True)
@@ -132,11 +132,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--allocator", choices=["retain", "glibc"], default="retain", help=ALLOCATOR_HELP)
+    add_allocator_option(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    allocator = "retain" if args.allocator == "retain" and retain_freed_memory() else "glibc"
+    allocator = use_allocator(args.allocator)
 
     rows = [
         bench_pair(PAIRS[name], mode, args.batch, args.size, args.repeats, args.warmup)

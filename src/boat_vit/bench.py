@@ -61,7 +61,8 @@ __all__ = [
     "resident_bytes",
     "reset_peak_resident",
     "retain_freed_memory",
-    "ALLOCATOR_HELP",
+    "add_allocator_option",
+    "use_allocator",
 ]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -72,7 +73,7 @@ MIB = 2**20
 KIB = 1024
 # glibc: allocations above this many bytes are mmapped and unmapped on free (fixed, not adaptive)
 MEMORY_MMAP_THRESHOLD = 1 << 16
-ALLOCATOR_HELP = (
+_ALLOCATOR_HELP = (
     "retain (default): keep freed memory in the process (boat_vit.bench.retain_freed_memory), so no contender pays "
     "page faults for recycled buffers; glibc: the C library's default, whose page-fault costs depend on what the "
     "process allocated before"
@@ -300,6 +301,20 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MALLOPT_MAX) and mallopt(_M_TRIM_THRESHOLD, _MALLOPT_MAX))
 
 
+def add_allocator_option(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--allocator retain|glibc`` (default ``retain``) to a benchmark's command line."""
+    parser.add_argument("--allocator", choices=["retain", "glibc"], default="retain", help=_ALLOCATOR_HELP)
+
+
+def use_allocator(choice: str) -> str:
+    """Applies an ``--allocator`` choice; returns the one in effect (``glibc`` where ``retain`` is unavailable)."""
+    if choice == "retain":
+        if retain_freed_memory():
+            return "retain"
+        print("note: --allocator retain needs glibc; running with the default allocator", file=sys.stderr)
+    return "glibc"
+
+
 def _lifetime_peak_rss_bytes() -> int:
     """``ru_maxrss`` in bytes: it is in KiB on Linux, bytes on macOS."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -474,8 +489,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.allocator == "retain" and not retain_freed_memory():
-        print("note: --allocator retain needs glibc; running with the default allocator", file=sys.stderr)
+    use_allocator(args.allocator)
     config = BenchConfig(
         batch_size=args.batch_size, img_size=args.img_size, device=args.device, dtype=args.dtype, amp=args.amp,
         amp_dtype=args.amp_dtype, compile=args.compile, channels_last=args.channels_last, train=args.train,
@@ -509,7 +523,7 @@ def add_parser(subparsers) -> None:
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     add("--threads", type=int, help="CPU threads (torch.set_num_threads; default: PyTorch's choice). On a shared "
                                     "machine 1 thread avoids stalls on descheduled worker threads")
-    add("--allocator", choices=["retain", "glibc"], default="retain", help=ALLOCATOR_HELP)
+    add_allocator_option(parser)
     add("--compile", action="store_true", help="run the models through torch.compile")
     add("--channels-last", action="store_true", help="channels-last weights and inputs")
     add("--train", action="store_true", help="time forward + backward + AdamW step instead of inference")
