@@ -19,7 +19,7 @@ from boat_vit.models.boat_swin import BoatSwinTransformerBlock
 
 TINY = "boat_swin_tiny_patch4_window7_224"
 ENTRYPOINTS = (TINY, "boat_swin_small_patch4_window7_224", "boat_swin_base_patch4_window7_224")
-# the reference model of ../shared/fixtures/reference/boat_swin_mini.pt
+# the reference model of tests/data/reference/boat_swin_mini.pt
 REFERENCE_MINI = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), num_classes=10)
 # a small model for behaviour checks at small inputs (112x112: maps 28, 14, 7, 4)
 SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), num_classes=10, img_size=112)
