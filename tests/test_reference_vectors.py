@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from reference_vectors import (
+    INV_UNIFORM_VARIANCE,
     NORM_BIAS_SPREAD,
     NORM_WEIGHT_SPREAD,
     SPLITMIX_GAMMA,
     SWIN_MASKED,
-    INV_UNIFORM_VARIANCE,
     load_reference,
     splitmix64,
     uniform,
