@@ -22,7 +22,8 @@ SPLITMIX_MIX2 = 0x94D049BB133111EB
 SPLITMIX_SHIFTS = (30, 27, 31)
 SEED_SHIFT = 32  # element i of stream `seed` starts from (seed << 32) + i
 FLOAT64_MANTISSA_BITS = 53  # the top 53 bits of the 64-bit output make one float64 in [0, 1)
-UINT64_MASK = (1 << 64) - 1
+UINT64_BITS = 64
+UINT64_MASK = (1 << UINT64_BITS) - 1
 
 # the weight and input rule of the portable files
 SEEDS_PER_MODEL = 1000  # parameter k of a model draws from stream weight_seed * 1000 + k
@@ -65,7 +66,7 @@ def uniform(n: int, seed: int) -> np.ndarray:
     start = np.uint64((seed << SEED_SHIFT) & UINT64_MASK)
     with np.errstate(over="ignore"):  # wrap-around is the point
         z = splitmix64(np.arange(n, dtype=np.uint64) + start)
-    top = (z >> np.uint64(64 - FLOAT64_MANTISSA_BITS)).astype(np.float64)
+    top = (z >> np.uint64(UINT64_BITS - FLOAT64_MANTISSA_BITS)).astype(np.float64)
     return top / 2.0**FLOAT64_MANTISSA_BITS * 2.0 - 1.0
 
 
