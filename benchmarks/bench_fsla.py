@@ -12,21 +12,16 @@ median of the per-repeat ratios. Sections:
   12544, 50176 (each in a fresh process, measured as ``boat-vit bench`` does). Linear growth means a
   constant per-token figure.
 
-Timings run with ``--allocator retain`` unless told otherwise: freed memory stays in the process
-(:func:`boat_vit.bench.retain_freed_memory`), so neither contender pays page faults for recycled buffers;
-``--allocator glibc`` keeps the C library's default, whose page-fault costs depend on what the process
-allocated before and swing a ratio by a third between runs.
+Timings go through :func:`boat_vit.bench.time_interleaved` with ``--allocator retain`` unless told otherwise:
+freed memory stays in the process (:mod:`boat_vit.bench.memory`), so neither contender pays page faults for
+recycled buffers; ``--allocator glibc`` keeps the C library's default, whose page-fault costs depend on what
+the process allocated before and swing a ratio by a third between runs.
 
 Usage: ``python benchmarks/bench_fsla.py [--sections window growth global memory] [--repeats 15]
 [--allocator retain|glibc]``.
 """
 import argparse
 import json
-import multiprocessing
-import os
-import platform
-import statistics
-import time
 from typing import Callable
 
 import torch
@@ -35,10 +30,14 @@ from timm.models.swin_transformer import WindowAttention, window_partition
 from bench_scaling import GlobalAttention  # the same baseline as the scaling sweep
 from boat_vit import FeatureSpaceLocalAttention
 from boat_vit.bench import (
-    add_allocator_option,
-    MEMORY_MMAP_THRESHOLD,
-    reset_peak_resident,
-    resident_bytes,
+    ALLOCATOR_HELP,
+    ALLOCATORS,
+    environment,
+    machine_line,
+    markdown_table,
+    peak_bytes,
+    run_isolated,
+    time_interleaved,
     use_allocator,
 )
 
@@ -48,25 +47,14 @@ GROWTH_SIDES = (56, 224)
 GLOBAL_SIDE = 112
 MEMORY_SIDES = (56, 112, 224)
 WARMUP = 2
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+MIB = 2**20
 
 
 @torch.inference_mode()
 def interleaved(first: Callable[[], object], second: Callable[[], object], repeats: int) -> dict:
-    """Times two callables alternately; returns medians (ms) and the median ratio second / first."""
-    for _ in range(WARMUP):
-        first(), second()
-    pairs = [(_seconds(first), _seconds(second)) for _ in range(repeats)]
-    return dict(
-        first_ms=statistics.median(a for a, _ in pairs) * 1e3,
-        second_ms=statistics.median(b for _, b in pairs) * 1e3,
-        ratio=statistics.median(b / a for a, b in pairs),
-    )
+    """Times two callables interleaved; returns medians (ms) and the median ratio second / first."""
+    timings = time_interleaved([first, second], repeats, WARMUP)
+    return dict(first_ms=timings.median(0) * 1e3, second_ms=timings.median(1) * 1e3, ratio=timings.ratio(1))
 
 
 def bench_window(batch: int, repeats: int) -> list[dict]:
@@ -107,44 +95,25 @@ def bench_global(batch: int, repeats: int) -> list[dict]:
     ]
 
 
-def _peak_forward_bytes(side: int, batch: int, queue) -> None:
-    """Child process: peak resident memory of one forward above the resident memory before it (Linux)."""
+def _peak_forward_bytes(side: int, batch: int) -> int:
+    """Peak resident memory of one FSLA forward above the resident memory before it (run isolated)."""
     torch.set_grad_enabled(False)
     fsla = FeatureSpaceLocalAttention(96, 3).eval()
     fsla(torch.randn(1, 14, 14, 96))  # load kernels before measuring
     x = torch.randn(batch, side, side, 96)
-    if not reset_peak_resident():
-        raise OSError("peak resident memory cannot be reset here (needs Linux /proc/self/clear_refs)")
-    before = resident_bytes()
-    fsla(x)
-    queue.put(resident_bytes(peak=True) - before)
+    return peak_bytes(lambda: fsla(x))
 
 
 def bench_memory(batch: int) -> list[dict]:
-    # freed buffers return to the system, so the peak is the forward's own (as `boat-vit bench` measures)
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MEMORY_MMAP_THRESHOLD)
-    context = multiprocessing.get_context("spawn")
     rows = []
     for side in MEMORY_SIDES:
-        queue = context.Queue()
-        child = context.Process(target=_peak_forward_bytes, args=(side, batch, queue))
-        child.start()
-        peak = queue.get()
-        child.join()
+        peak = run_isolated(_peak_forward_bytes, side, batch, threads=torch.get_num_threads())
         tokens = batch * side * side
-        rows.append(dict(case=f"N={side * side}", peak_mib=peak / 2**20, bytes_per_token=peak / tokens))
+        rows.append(dict(case=f"N={side * side}", peak_mib=peak / MIB, bytes_per_token=peak / tokens))
     first = rows[0]["bytes_per_token"]
     for row in rows:
         row["per_token_vs_smallest"] = row["bytes_per_token"] / first
     return rows
-
-
-def markdown(title: str, rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = [f"### {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -154,12 +123,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward")
     parser.add_argument("--repeats", type=int, default=15, help="timed pairs for the small cases")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    add_allocator_option(parser)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="retain", help=ALLOCATOR_HELP)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     allocator = use_allocator(args.allocator)
+    info = environment()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"fp32, batch {args.batch_size}, allocator {allocator}\n")
+    print(f"{machine_line(info)}, torch {info['torch']}, fp32, batch {args.batch_size}, allocator {allocator}, "
+          f"{info['date']}\n")
     results = {}
     sections = {
         "window": ("FSLA vs timm WindowAttention", lambda: bench_window(args.batch_size, args.repeats)),
@@ -170,7 +143,7 @@ def main() -> None:
     for name in args.sections:
         title, run = sections[name]
         results[name] = run()
-        print(markdown(title, results[name]) + "\n", flush=True)
+        print(f"### {title}\n\n{markdown_table(results[name])}\n", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

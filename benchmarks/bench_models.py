@@ -1,8 +1,9 @@
 """Whole-model speed of BOAT models against their baselines, as ratios measured in one run.
 
-For every pair (BOAT model, baseline) and mode, the two models are timed alternately, repeat by repeat,
-with the order swapped every repeat, so the drift of a shared machine hits both alike. Reported: median
-images/s of each and the median of the per-repeat throughput ratios (BOAT / baseline).
+For every pair (BOAT model, baseline) and mode, the two models are timed interleaved
+(:func:`boat_vit.bench.time_interleaved`: the order swaps every repeat), so the drift of a shared machine
+hits both alike. Reported: median images/s of each and the median of the per-repeat throughput ratios
+(BOAT / baseline).
 
 * ``inference``: forward under ``torch.inference_mode`` in eval mode. Target ratio >= 0.80.
 * ``train``: forward, cross-entropy loss and backward in train mode. Target ratio >= 0.75.
@@ -10,16 +11,13 @@ images/s of each and the median of the per-repeat throughput ratios (BOAT / base
 Defaults: batch 8, 224x224, float32, CPU. Add a comparison by adding an entry to :data:`PAIRS`.
 
 Timings run with freed memory kept in the process (``--allocator retain``, see
-:func:`boat_vit.bench.retain_freed_memory`); ``--allocator glibc`` keeps the C library's default.
+:mod:`boat_vit.bench.memory`); ``--allocator glibc`` keeps the C library's default.
 
 Usage: ``python benchmarks/bench_models.py [--pairs boat_swin_t] [--modes inference train] [--repeats 10]
 [--allocator retain|glibc]``.
 """
 import argparse
 import json
-import platform
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,8 +26,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import boat_vit.models  # noqa: F401  (registers the BOAT models)
-from boat_vit.bench import add_allocator_option, use_allocator
+from boat_vit.bench import (
+    ALLOCATOR_HELP,
+    ALLOCATORS,
+    environment,
+    machine_line,
+    markdown_table,
+    time_interleaved,
+    use_allocator,
+)
 
 
 @dataclass(frozen=True)
@@ -74,14 +79,8 @@ def _step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mode: st
     return run
 
 
-def _seconds(run: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
 def bench_pair(pair: Pair, mode: str, batch: int, size: int, repeats: int, warmup: int) -> dict[str, Any]:
-    """Times a pair alternately; returns images/s (medians) and the median throughput ratio."""
+    """Times a pair interleaved; returns images/s (medians) and the median throughput ratio."""
     torch.manual_seed(0)
     images = torch.randn(batch, 3, size, size)
     labels = torch.randint(NUM_CLASSES, (batch,))
@@ -89,37 +88,33 @@ def bench_pair(pair: Pair, mode: str, batch: int, size: int, repeats: int, warmu
         _step(timm.create_model(name, num_classes=NUM_CLASSES, img_size=size, **kwargs), images, labels, mode)
         for name, kwargs in ((pair.model, pair.model_kwargs), (pair.baseline, pair.baseline_kwargs))
     ]
-    for _ in range(warmup):
-        for run in runs:
-            run()
-    times = []
-    for repeat in range(repeats):
-        order = (0, 1) if repeat % 2 == 0 else (1, 0)
-        seconds = {index: _seconds(runs[index]) for index in order}
-        times.append((seconds[0], seconds[1]))
+    timings = time_interleaved(runs, repeats, warmup)
     return dict(
         model=pair.model,
         baseline=pair.baseline,
         mode=mode,
-        model_images_per_s=batch / statistics.median(t for t, _ in times),
-        baseline_images_per_s=batch / statistics.median(t for _, t in times),
-        ratio=statistics.median(baseline / model for model, baseline in times),
+        model_images_per_s=batch / timings.median(0),
+        baseline_images_per_s=batch / timings.median(1),
+        ratio=timings.ratio(1),
         target=TARGETS[mode],
     )
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| model | baseline | mode | model img/s | baseline img/s | ratio | target |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        verdict = "met" if row["ratio"] >= row["target"] else "MISSED"
-        lines.append(
-            f"| {row['model']} | {row['baseline']} | {row['mode']} | {row['model_images_per_s']:.2f} | "
-            f"{row['baseline_images_per_s']:.2f} | {row['ratio']:.3f} | >= {row['target']:.2f} ({verdict}) |"
-        )
-    return "\n".join(lines)
+COLUMNS = (
+    ("model", "model", "{}"),
+    ("baseline", "baseline", "{}"),
+    ("mode", "mode", "{}"),
+    ("model_images_per_s", "model img/s", "{:.2f}"),
+    ("baseline_images_per_s", "baseline img/s", "{:.2f}"),
+    ("ratio", "ratio", "{:.3f}"),
+    ("verdict", "target", "{}"),
+)
+
+
+def with_verdict(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with a ``verdict`` cell: the target and whether the ratio meets it."""
+    met = "met" if row["ratio"] >= row["target"] else "MISSED"
+    return dict(row, verdict=f">= {row['target']:.2f} ({met})")
 
 
 def main() -> None:
@@ -132,23 +127,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    add_allocator_option(parser)
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="retain", help=ALLOCATOR_HELP)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     allocator = use_allocator(args.allocator)
+    info = environment()
 
     rows = [
         bench_pair(PAIRS[name], mode, args.batch, args.size, args.repeats, args.warmup)
         for name in args.pairs
         for mode in args.modes
     ]
-    print(
-        f"torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, float32, "
-        f"{args.repeats} interleaved repeats, allocator {allocator}"
-    )
-    print(markdown_table(rows))
+    print(f"{machine_line(info)}, torch {info['torch']}, timm {info['timm']}, batch {args.batch}, "
+          f"{args.size}x{args.size}, float32, {args.repeats} interleaved repeats, allocator {allocator}, {info['date']}")
+    print(markdown_table([with_verdict(row) for row in rows], COLUMNS))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)

@@ -9,10 +9,10 @@ One layer of each over square token maps of side 7, 14, 28, 56, 112 and 224 (49 
   tokens.
 
 Per map size: one warm-up forward of each, one forward to measure memory, then timed rounds of one
-forward each, round-robin (at least ``--repeats`` rounds, more for small maps; medians reported, ratios
-as medians of per-round ratios). Peak memory: the resident memory one forward adds on
-top of its input (Linux ``VmHWM`` reset just before the call; glibc's mmap threshold is fixed so that
-freed buffers leave the process).
+forward each (:func:`boat_vit.bench.time_interleaved`; at least ``--repeats`` rounds, more for small maps;
+medians reported, ratios as medians of per-round ratios). Peak memory: the resident memory one forward adds
+on top of its input (:func:`boat_vit.bench.peak_bytes`; the process releases freed memory at once,
+:func:`boat_vit.bench.release_freed_memory`, so all three pay their page faults here).
 
 Default batch 1: the largest global attention (50,176 tokens, about 1 TFLOP) takes about 30 s per forward
 on one core and the whole sweep about 3 minutes. On a machine shared with other jobs use ``--threads 1``:
@@ -24,15 +24,10 @@ memory against tokens to ``--output``.
 Usage: ``python benchmarks/bench_scaling.py [--output benchmarks/results/scaling.png] [--repeats 3]``.
 """
 import argparse
-import ctypes
-import ctypes.util
-import gc
 import json
 import math
-import statistics
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -40,7 +35,14 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
 
 from boat_vit import FeatureSpaceLocalAttention
-from boat_vit.bench import BenchConfig, environment, machine_line, reset_peak_resident, resident_bytes
+from boat_vit.bench import (
+    environment,
+    machine_line,
+    markdown_table,
+    peak_bytes,
+    release_freed_memory,
+    time_interleaved,
+)
 
 SIDES = (7, 14, 28, 56, 112, 224)
 DIM = 96
@@ -52,8 +54,6 @@ MIN_SECONDS = 3.0  # timed rounds per size last at least about this long ...
 MAX_ROUNDS = 50  # ... with at most this many rounds
 DEFAULT_OUTPUT = "benchmarks/results/scaling.png"
 MIB = 2**20
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-MMAP_THRESHOLD = 1 << 16
 STYLES = {"fsla": ("FSLA (BOAT)", "tab:orange", "o"), "window": ("window 7x7 (Swin)", "tab:blue", "s"),
           "global": ("global (SDPA)", "tab:red", "^")}
 
@@ -90,31 +90,6 @@ class WindowAttentionMap(nn.Module):
         return window_reverse(out, self.window, height, width)
 
 
-def _fix_mmap_threshold() -> bool:
-    """Large allocations are mmapped and returned on free (glibc's adaptive threshold would keep them)."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name)
-    return bool(getattr(libc, "mallopt", lambda *_: 0)(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _peak_added_bytes(fn: Callable[[], object]) -> float:
-    """Resident bytes ``fn`` adds at its peak, or NaN where the system cannot tell."""
-    gc.collect()
-    if not reset_peak_resident():
-        return float("nan")
-    before = resident_bytes()
-    fn()
-    return resident_bytes(peak=True) - before
-
-
 def _rounds(repeats: int, seconds_per_round: float) -> int:
     """At least ``repeats`` timed rounds, more for cheap sizes (``MIN_SECONDS`` in all, ``MAX_ROUNDS`` at most)."""
     return max(repeats, min(MAX_ROUNDS, math.ceil(MIN_SECONDS / max(seconds_per_round, 1e-9))))
@@ -135,36 +110,36 @@ def sweep(sides: tuple[int, ...], batch: int, repeats: int) -> list[dict]:
     rows = []
     for side in sides:
         x = torch.randn(batch, side, side, DIM)
-        calls = {name: (lambda m=module: m(x)) for name, module in contenders.items()}
-        warmup_seconds = sum(_seconds(call) for call in calls.values())
-        memory = {name: _peak_added_bytes(call) for name, call in calls.items()}
-        times = {name: [] for name in names}
-        for round_ in range(_rounds(repeats, warmup_seconds)):
-            shift = round_ % len(names)
-            for name in names[shift:] + names[:shift]:
-                times[name].append(_seconds(calls[name]))
-        row = dict(side=side, tokens=side * side, rounds=len(times["fsla"]))
-        row.update({f"{name}_ms": statistics.median(t) * 1e3 for name, t in times.items()})
-        row.update({f"{name}_mib": bytes_ / MIB for name, bytes_ in memory.items()})
-        row["fsla_over_window"] = statistics.median(f / w for f, w in zip(times["fsla"], times["window"]))
-        row["global_over_fsla"] = statistics.median(g / f for g, f in zip(times["global"], times["fsla"]))
+        calls = [lambda m=module: m(x) for module in contenders.values()]
+        started = time.perf_counter()
+        for call in calls:  # warm-up, and the cost of a round
+            call()
+        round_seconds = time.perf_counter() - started
+        memory = [peak_bytes(call) for call in calls]
+        timings = time_interleaved(calls, _rounds(repeats, round_seconds), warmup=0)
+        row = dict(side=side, tokens=side * side, rounds=len(timings.seconds[0]))
+        row.update({f"{name}_ms": timings.median(i) * 1e3 for i, name in enumerate(names)})
+        row.update({f"{name}_mib": bytes_ / MIB for name, bytes_ in zip(names, memory)})
+        row["fsla_over_window"] = timings.ratio(0, baseline=1)
+        row["global_over_fsla"] = timings.ratio(2, baseline=0)
         rows.append(row)
         print(f"  {side}x{side}: " + ", ".join(f"{n} {row[f'{n}_ms']:.1f} ms" for n in names)
               + f" ({row['rounds']} rounds)", flush=True)
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    head = ("| map | tokens | FSLA ms | window ms | global ms | FSLA / window | global / FSLA | FSLA MiB | window MiB "
-            "| global MiB |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r['side']}x{r['side']} | {r['tokens']} | {r['fsla_ms']:.2f} | {r['window_ms']:.2f} | "
-            f"{r['global_ms']:.2f} | {r['fsla_over_window']:.2f}x | {r['global_over_fsla']:.2f}x | "
-            f"{r['fsla_mib']:.1f} | {r['window_mib']:.1f} | {r['global_mib']:.1f} |"
-        )
-    return "\n".join(lines)
+COLUMNS = (
+    ("side", "map", lambda side: f"{side}x{side}"),
+    ("tokens", "tokens", "{}"),
+    ("fsla_ms", "FSLA ms", "{:.2f}"),
+    ("window_ms", "window ms", "{:.2f}"),
+    ("global_ms", "global ms", "{:.2f}"),
+    ("fsla_over_window", "FSLA / window", "{:.2f}x"),
+    ("global_over_fsla", "global / FSLA", "{:.2f}x"),
+    ("fsla_mib", "FSLA MiB", "{:.1f}"),
+    ("window_mib", "window MiB", "{:.1f}"),
+    ("global_mib", "global MiB", "{:.1f}"),
+)
 
 
 def plot(rows: list[dict], path: Path, subtitle: str) -> None:
@@ -210,12 +185,12 @@ def main() -> None:
     if any(side % WINDOW for side in args.sides):
         parser.error(f"--sides must be multiples of the window ({WINDOW})")
 
-    fixed = _fix_mmap_threshold()
-    info = environment(BenchConfig())
+    released = release_freed_memory()
+    info = environment()
     subtitle = f"{machine_line(info)}, torch {info['torch']}, fp32, batch {args.batch_size}, {info['date']}"
-    print(f"{subtitle}{'' if fixed else ' (malloc threshold not fixed: memory figures may be low)'}")
+    print(f"{subtitle}{'' if released else ' (freed memory not released: memory figures may be low)'}")
     rows = sweep(tuple(args.sides), args.batch_size, args.repeats)
-    table = markdown(rows)
+    table = markdown_table(rows, COLUMNS)
     print("\n" + table)
     output = Path(args.output)
     plot(rows, output, subtitle)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from boat_vit.bench import BenchConfig, benchmark_models, count_macs, markdown_table
+from boat_vit.bench import BenchConfig, benchmark_models, count_macs, model_table
 from boat_vit.cli import main
 
 TINY_KWARGS = dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2), img_size=64)
@@ -91,7 +91,7 @@ def test_training_step_without_memory():
                                                     model_kwargs=TINY_KWARGS, measure_memory=False))
     (row,) = rows
     assert row["throughput"] > 0 and row["peak_memory_mib"] is None and row["memory_ratio"] is None
-    assert "| n/a |" in markdown_table(rows)
+    assert "| n/a |" in model_table(rows)
 
 
 def test_unknown_model_names_a_close_match(capsys):

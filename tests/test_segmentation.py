@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 import boat_vit.seg.train as seg_train
 from boat_vit.cli import main as cli_main
-from boat_vit.runs import load_checkpoint
+from boat_vit.checkpoint import load_checkpoint_file as load_checkpoint
 from boat_vit.seg import BoatUPerNet, load_backbone_weights
 from boat_vit.seg.data import (
     ADE20K_CLASSES, IGNORE_INDEX, EvalTransform, SegmentationFolder, TrainAugmentation, dataset_spec, rescale_size,
@@ -468,7 +468,7 @@ def test_help_lists_the_recipe_options(capsys):
 @pytest.mark.slow
 def test_two_process_evaluation_equals_one(trained, shapes, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29583",
-               "-m", "boat_vit.cli", "seg-eval", "--checkpoint", str(trained / "best.pth"), "--data", str(shapes),
+               "-m", "boat_vit", "seg-eval", "--checkpoint", str(trained / "best.pth"), "--data", str(shapes),
                "--workers", "0", "--device", "cpu", "--json", str(tmp_path / "two.json")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

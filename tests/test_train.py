@@ -12,9 +12,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from boat_vit.cli import main as cli_main
-from boat_vit.data import DigitsDataset, GlobalBatchSampler, ShardSampler, build_datasets
-from boat_vit.runs import load_checkpoint
-from boat_vit.train import resolve_config, train
+from boat_vit.checkpoint import load_checkpoint_file as load_checkpoint
+from boat_vit.classification import resolve_config
+from boat_vit.classification.data import DigitsDataset, build_datasets
+from boat_vit.engine import GlobalBatchSampler, ShardSampler
 
 # A very small BOAT-Swin: 16x16 images, patch 2, an 8x8 map with window 4 (shifted block with FSLA).
 TINY_MODEL = ["--model", "boat_swin_tiny_patch4_window7_224", "--model-kwargs",
@@ -133,7 +134,7 @@ def test_eval_and_predict_commands(shapes_folder, tmp_path, capsys):
 def test_resume_after_sigkill_is_exact(shapes_folder, tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert cli_main(_train_args(shapes_folder, reference, 3)) == 0
-    command = [sys.executable, "-m", "boat_vit.train", *_train_args(shapes_folder, killed, 3)[1:]]
+    command = [sys.executable, "-m", "boat_vit", *_train_args(shapes_folder, killed, 3)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "last.pth").exists() and process.poll() is None and time.time() < deadline:
@@ -153,7 +154,7 @@ def test_two_processes_equal_one(shapes_folder, tmp_path):
     assert cli_main(_train_args(shapes_folder, single, 1, *recipe)) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29581",
-               "-m", "boat_vit.train", *_train_args(shapes_folder, double, 1, *recipe)[1:]]
+               "-m", "boat_vit", *_train_args(shapes_folder, double, 1, *recipe)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     _assert_same_weights(_final_weights(single), _final_weights(double), atol=1e-5)
@@ -212,16 +213,17 @@ def test_unknown_model_suggests_names(tmp_path, capsys):
 
 
 def test_initial_checkpoint_with_other_classes(shapes_folder, tmp_path, capsys):
-    from boat_vit.factory import create_classifier, load_initial_weights
+    from boat_vit.checkpoint import load_weights
+    from boat_vit.classification import create_classifier
 
     run = tmp_path / "run"
     assert cli_main(_train_args(shapes_folder, run, 1)) == 0
     kwargs = json.loads(TINY_MODEL[3])
-    model = create_classifier(TINY_MODEL[1], num_classes=5, **kwargs)
+    model, _ = create_classifier(TINY_MODEL[1], 5, **kwargs)
     with pytest.raises(ValueError, match="2-class head but the model has 5 classes; pass --reset-head"):
-        load_initial_weights(model, str(run / "last.pth"))
-    missing = load_initial_weights(model, str(run / "last.pth"), reset_head=True)
-    assert sorted(missing) == ["head.fc.bias", "head.fc.weight"]
+        load_weights(model, str(run / "last.pth"))
+    report = load_weights(model, str(run / "last.pth"), reset_head=True)
+    assert sorted(report.initial) == ["head.fc.bias", "head.fc.weight"] and report.head_reset
 
 
 def test_help_explains_options(capsys):
@@ -229,7 +231,7 @@ def test_help_explains_options(capsys):
         cli_main(["train", "--help"])
     text = capsys.readouterr().out
     for option in ("--model", "--data", "--epochs", "--batch-size", "--output", "--resume", "--preset",
-                   "--pretrained-file", "--initial-checkpoint", "--seed", "--amp", "--device", "--ema-decay"):
+                   "--pretrained-file", "--reset-head", "--seed", "--amp", "--device", "--ema-decay"):
         assert option in text
 
 

@@ -10,17 +10,9 @@ from PIL import Image
 
 from boat_vit.cli import main
 from boat_vit.clustering import DEFAULT_GROUP_SIZE, sibling_overlap_slots
-from boat_vit.train import PRESETS
-from boat_vit.visualize import (
-    HEADER_HEIGHT,
-    LABEL_HEIGHT,
-    MIN_FIGURE_WIDTH,
-    find_fsla_layers,
-    load_image,
-    record_clusters,
-    recording_clusters,
-    select_fsla_layer,
-)
+from boat_vit.classification import PRESETS
+from boat_vit.layers import find_fsla_layers, record_clusters, recording_clusters, select_fsla_layer
+from boat_vit.visualize import HEADER_HEIGHT, LABEL_HEIGHT, MIN_FIGURE_WIDTH, sample_image
 
 MODEL = "boat_swin_tiny_patch4_window7_224"
 TINY_KWARGS = dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2), img_size=64)
@@ -153,7 +145,7 @@ def test_show_clusters_from_a_digits_checkpoint(tmp_path, capsys):
 
 
 def test_sample_photograph_ships_with_scikit_learn():
-    assert load_image(sample="china").size == (640, 427)
+    assert sample_image("china").size == (640, 427)
 
 
 def test_bad_input_is_a_usage_error(tmp_path, capsys):

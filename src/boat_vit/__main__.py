@@ -1,4 +1,4 @@
-"""``python -m boat_vit COMMAND ...``: the same as the ``boat-vit`` command."""
+"""``python -m boat_vit COMMAND ...`` (and ``torchrun ... -m boat_vit COMMAND ...``): the ``boat-vit`` command."""
 import sys
 
 from .cli import main

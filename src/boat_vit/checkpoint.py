@@ -1,4 +1,6 @@
-"""Safe loading of checkpoint files, the released BOAT ones included.
+"""Checkpoint files, the one place that reads and writes them: safe loading (the released BOAT files
+included), choosing the state dict, converting it with the model's filter, loading it into a model, and
+atomic writing (``torch.save`` and safetensors).
 
 The released checkpoints are pickles that hold more than tensors: the BOAT-Swin ones are
 ``{'model': state_dict, 'config': <yacs CfgNode>, 'optimizer': ..., ...}``, the BOAT-CSWin ones are timm
@@ -20,7 +22,10 @@ import argparse
 import logging
 import os
 import pickle
+import sys
+import tempfile
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -33,10 +38,18 @@ __all__ = [
     "STATE_DICT_KEYS",
     "CheckpointError",
     "UnsafeCheckpointError",
+    "WeightsReport",
+    "atomic_write",
+    "checkpoint_filter_for",
+    "convert_checkpoint",
     "fill_missing_from_model",
+    "filter_state_dict",
     "load_checkpoint_file",
     "load_state_dict_file",
+    "load_weights",
     "register_layout_conversion",
+    "save_atomic",
+    "save_safetensors",
     "select_state_dict",
 ]
 
@@ -45,6 +58,8 @@ _logger = logging.getLogger(__name__)
 # where training checkpoints keep their weights, in order of preference (timm's loader prefers EMA weights too)
 STATE_DICT_KEYS: tuple[str, ...] = ("state_dict_ema", "model_ema", "state_dict", "model")
 SAFETENSORS_SUFFIX = ".safetensors"
+TEMPORARY_SUFFIX = ".tmp"  # of the files atomic_write renames into place
+KEYS_SHOWN = 5  # keys quoted in an error message
 YACS_CFG_NODE = "yacs.config.CfgNode"
 
 PathLike = Union[str, os.PathLike]
@@ -102,7 +117,10 @@ def load_checkpoint_file(path: PathLike, map_location: Union[str, torch.device] 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.suffix == SAFETENSORS_SUFFIX:
-        return safetensors.torch.load_file(path, device=str(map_location))
+        try:
+            return safetensors.torch.load_file(path, device=str(map_location))
+        except Exception as err:  # safetensors raises its own error types for a bad header or truncated data
+            raise CheckpointError(f"cannot read {path} as a safetensors file: {err}") from err
     _allow_safe_globals()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -241,3 +259,198 @@ def register_layout_conversion(
     ``filter_fn(state_dict, model)``. State dicts in the model's own layout load unchanged.
     """
     return model.register_load_state_dict_pre_hook(_LayoutConversionHook(filter_fn, is_foreign))
+
+
+# ---- writing ---------------------------------------------------------------------------------------------
+
+
+def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Writes ``path`` all at once: a reader sees the old file or the new one, never half of one.
+
+    ``write(file)`` fills a temporary file created exclusively (never through a planted link) in the same
+    folder; the file is flushed to disk and renamed over ``path``. On any error the temporary file is removed.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    try:
+        with os.fdopen(fd, mode) as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_atomic(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` of ``obj`` to ``path`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def save_safetensors(tensors: StateDict, path: PathLike, metadata: Optional[dict[str, str]] = None) -> Path:
+    """A safetensors file of ``tensors`` (contiguous CPU copies) through :func:`atomic_write`."""
+    data = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    return atomic_write(path, lambda file: file.write(data))
+
+
+# ---- loading into a model --------------------------------------------------------------------------------
+
+
+def checkpoint_filter_for(model: nn.Module) -> Optional[Callable[[dict[str, Any], nn.Module], dict[str, Any]]]:
+    """The ``checkpoint_filter_fn`` of the module that defines ``model``'s class (timm's convention), if any."""
+    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+
+
+def filter_state_dict(state_dict: StateDict, model: nn.Module) -> StateDict:
+    """``state_dict`` converted to ``model``'s layout by its :func:`checkpoint_filter_for` (as is without one).
+
+    Tensors the filter leaves on the meta device (placeholders it filled in from a meta model) are dropped.
+    """
+    filter_fn = checkpoint_filter_for(model)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    return {k: v for k, v in state_dict.items() if not v.is_meta}
+
+
+@dataclass
+class WeightsReport:
+    """What a weights file gave a model (keys in the model's naming)."""
+
+    path: str
+    entry: str  # where the weights were in the file ("" for the whole file)
+    loaded: list[str] = field(default_factory=list)
+    initial: list[str] = field(default_factory=list)  # model tensors the file did not provide
+    unused: list[str] = field(default_factory=list)  # file tensors with no place in the model
+    head_reset: bool = False  # the file's classifier had another size and was left out
+
+    def summary(self, shown: int = KEYS_SHOWN) -> str:
+        """A line of counts, then the first keys left initial and unused, for the user."""
+        where = f" (entry {self.entry!r})" if self.entry else ""
+        head = "; the classifier of another size starts afresh" if self.head_reset else ""
+        lines = [f"weights from {self.path}{where}: {len(self.loaded)} tensors loaded, {len(self.initial)} left "
+                 f"initial, {len(self.unused)} unused{head}"]
+        for title, keys in (("left initial", self.initial), ("unused", self.unused)):
+            if keys:
+                lines.append(f"  {title}: {', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''}")
+        return "\n".join(lines)
+
+
+def _model_name(model: nn.Module) -> str:
+    """The timm architecture name of ``model`` where it has one, else its class name."""
+    return getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the model's classifier (empty without one)."""
+    if not hasattr(model, "get_classifier"):
+        return set()
+    classifier = model.get_classifier()
+    prefix = next((name for name, module in model.named_modules() if module is classifier), None)
+    return {f"{prefix}.{key}" for key in classifier.state_dict()} if prefix else set()
+
+
+def load_weights(model: nn.Module, path: PathLike, key: Optional[str] = None, reset_head: bool = False) -> WeightsReport:
+    """Loads the weights of any supported file into ``model``: the one loader of every entry point.
+
+    Supported: released BOAT files as downloaded (Swin-style ``{'model', 'config'}`` and CSWin-style
+    ``{'state_dict', 'state_dict_ema', 'args'}``), plain Swin/CSWin checkpoints, boat-vit training
+    checkpoints (``best.pth`` / ``last.pth``), safetensors files and plain state dicts. The file is read
+    safely, the weights are chosen by :func:`select_state_dict` and converted by the model's filter.
+
+    Args:
+        model: The model to fill.
+        path: The file.
+        key: The entry holding the weights (default: EMA weights first, then ``state_dict``, then ``model``).
+        reset_head: Leave the model's own classifier where the file's has another number of classes.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        CheckpointError: an unreadable or unsafe file, a classifier of another size without ``reset_head``,
+            or weights with no place in the model or of other shapes.
+    """
+    state, entry = load_state_dict_file(path, key)
+    state = filter_state_dict(state, model)
+    own = model.state_dict()
+    report = WeightsReport(path=str(path), entry=entry)
+    head = _classifier_keys(model)
+    other_head = [k for k in sorted(head) if k in state and state[k].shape != own[k].shape]
+    if other_head:
+        if not reset_head:
+            raise CheckpointError(
+                f"{path} has a {state[other_head[0]].shape[0]}-class head but the model has "
+                f"{own[other_head[0]].shape[0]} classes; pass --reset-head to start the classifier afresh"
+            )
+        state = {k: v for k, v in state.items() if k not in head}
+        report.head_reset = True
+    unexpected = sorted(k for k in state if k not in own)
+    wrong_shape = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+                   for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if unexpected or wrong_shape:
+        raise CheckpointError(
+            f"{path} does not fit {_model_name(model)} (another model or size?): {len(unexpected)} unexpected tensors "
+            f"{unexpected[:KEYS_SHOWN]}, {len(wrong_shape)} of other shapes {wrong_shape[:KEYS_SHOWN]}"
+        )
+    model.load_state_dict(state, strict=False)
+    report.loaded = [k for k in own if k in state]
+    report.initial = [k for k in own if k not in state]
+    return report
+
+
+def convert_checkpoint(
+    src: PathLike,
+    dst: PathLike,
+    model: nn.Module,
+    key: Optional[str] = None,
+    overwrite: bool = False,
+    metadata: Optional[dict[str, str]] = None,
+) -> dict[str, str]:
+    """Writes the weights of ``src`` for ``model`` as a safetensors file in the model's own layout.
+
+    The weights are read, chosen and converted as :func:`load_weights` does, then must fit ``model``
+    exactly (every tensor, no more, same shapes); the output holds exactly the model's state dict, so
+    ``timm.create_model(NAME, checkpoint_path=dst)`` loads it.
+
+    Args:
+        src: The released (or any supported) checkpoint.
+        dst: The output, ending in ``.safetensors``; written atomically.
+        model: The model the weights are for (its filter converts them; it is loaded with them).
+        key: Entry holding the weights (see :func:`select_state_dict`).
+        overwrite: Replace an existing ``dst``.
+        metadata: Extra string metadata for the file.
+
+    Returns:
+        The metadata written into the file (``source``, ``source_key`` and ``metadata``).
+
+    Raises:
+        FileExistsError: ``dst`` exists and ``overwrite`` is false.
+        ValueError: ``dst`` does not end in ``.safetensors``.
+        CheckpointError: unreadable or unsafe input, or weights that do not fit the model exactly.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.suffix != SAFETENSORS_SUFFIX:
+        raise ValueError(f"output must end in {SAFETENSORS_SUFFIX} (timm picks the loader by suffix): {dst}")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"output exists (pass --overwrite to replace it): {dst}")
+    state, used_key = load_state_dict_file(src, key)
+    state = filter_state_dict(state, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+                  for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{src} does not fit {_model_name(model)} (another size or family? see --model and --model-args): "
+            f"{len(missing)} missing keys {missing[:KEYS_SHOWN]}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:KEYS_SHOWN]}, {len(mismatched)} shape mismatches {mismatched[:KEYS_SHOWN]}"
+        )
+    model.load_state_dict(state)
+    written = {"format": "pt", **(metadata or {}), "source": src.name, "source_key": used_key}
+    save_safetensors(model.state_dict(), dst, written)
+    _logger.info("Wrote %d tensors to %s", len(own), dst)
+    return written

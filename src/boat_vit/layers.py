@@ -1,5 +1,9 @@
-"""Feature-space local attention (FSLA): attention inside content-based token groups."""
-from typing import Optional
+"""Feature-space local attention (FSLA): attention inside content-based token groups, and a public way to
+record the groups a model used (:func:`record_clusters`)."""
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -15,10 +19,18 @@ from .clustering import (
     sibling_overlap_slots,
 )
 
-__all__ = ["FeatureSpaceLocalAttention"]
+__all__ = [
+    "ClusterRecord",
+    "FeatureSpaceLocalAttention",
+    "find_fsla_layers",
+    "record_clusters",
+    "recording_clusters",
+    "select_fsla_layer",
+]
 
 DEFAULT_OVERLAP = 20  # sibling tokens borrowed as extra keys/values at group size 49
 VALUE_CONV_KERNEL = 3
+_FSLA_NAME = re.compile(r"(?:^|\.)(\d+)\.blocks\.(\d+)\.")  # stage and block in a module name
 
 
 class FeatureSpaceLocalAttention(nn.Module):
@@ -204,3 +216,121 @@ class FeatureSpaceLocalAttention(nn.Module):
         mask = wanted.gather(1, position).view(1, -1, 2, 1, window)
         num_pairs = q.shape[0]
         return q, k, v, mask.expand(num_pairs // mask.shape[1], -1, -1, -1, -1).reshape(num_pairs, 2, 1, window)
+
+
+# ---- recording the groups a model used ---------------------------------------------------------------
+# recording_clusters replaces a layer's ``forward`` (an instance attribute, inside the ``with`` block only) by
+# a function that calls the layer's own forward_with_clusters with the same arguments, keeps the Clustering it
+# returns and passes the output on: the layer computes everything once, the model's output is unchanged, and
+# the recorded groups are exactly the groups the layer used.
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    """The clustering one FSLA layer used in one forward pass.
+
+    Attributes:
+        layer: Module name of the layer in the model.
+        clustering: What the layer returned: sequence ``b * num_heads + h`` is image ``b``, head ``h``.
+        token_map: ``(H, W)`` of the layer's input; token ``i`` is the patch at ``divmod(i, W)``.
+        num_heads: Heads of the layer.
+        overlap: Sibling tokens each group borrows as extra keys and values.
+    """
+
+    layer: str
+    clustering: Clustering
+    token_map: tuple[int, int]
+    num_heads: int
+    overlap: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.token_map[0] * self.token_map[1]
+
+    def _sequence(self, head: int, image: int) -> int:
+        if not 0 <= head < self.num_heads:
+            raise ValueError(f"head must be in [0, {self.num_heads}), got {head}")
+        return image * self.num_heads + head
+
+    def group_map(self, head: int, image: int = 0) -> torch.Tensor:
+        """``(H, W)`` group index of every patch."""
+        slots = self.clustering.inverse[self._sequence(head, image)]
+        return (slots // self.clustering.plan.group_size).view(self.token_map)
+
+    def attended(self, head: int, row: int, col: int, image: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """What patch ``(row, col)`` attends to: ``(H, W)`` masks of its group and of the sibling overlap."""
+        height, width = self.token_map
+        if not (0 <= row < height and 0 <= col < width):
+            raise ValueError(f"patch ({row}, {col}) is outside the {height}x{width} token map of {self.layer}")
+        sequence = self._sequence(head, image)
+        plan, order = self.clustering.plan, self.clustering.order[sequence]
+        group = int(self.group_map(head, image)[row, col])
+        overlap_slots = sibling_overlap_slots(plan, self.overlap, order.device)[group]
+        masks = []
+        for tokens in (self.clustering.groups[sequence, group], order[overlap_slots]):
+            mask = torch.zeros(self.num_tokens + plan.num_padding, dtype=torch.bool, device=order.device)
+            mask[tokens] = True
+            masks.append(mask[: self.num_tokens].view(self.token_map))  # padding slots point past the tokens
+        return masks[0], masks[1]
+
+
+@contextmanager
+def recording_clusters(module: FeatureSpaceLocalAttention, name: str = "") -> Iterator[list[ClusterRecord]]:
+    """Records the clustering of every call of FSLA layer ``module`` inside the block (exactly what it used).
+
+    Yields:
+        The list the records are appended to, one per call.
+    """
+    if not isinstance(module, FeatureSpaceLocalAttention):
+        raise ValueError(f"{name or type(module).__name__} is not a FeatureSpaceLocalAttention layer")
+    records: list[ClusterRecord] = []
+
+    def forward(x: torch.Tensor, clustering: Optional[Clustering] = None) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"{name} got a token sequence {tuple(x.shape)}; the patch layout needs (B, H, W, C)")
+        out, used = module.forward_with_clusters(x, clustering)
+        records.append(ClusterRecord(name, used, (x.shape[1], x.shape[2]), module.num_heads, module.overlap))
+        return out
+
+    module.forward = forward
+    try:
+        yield records
+    finally:
+        del module.forward
+
+
+def find_fsla_layers(model: nn.Module) -> dict[tuple[int, int], str]:
+    """``{(stage, block): module name}`` of every FSLA layer, from names like ``layers.0.blocks.1.fsla``."""
+    layers = {}
+    for name, module in model.named_modules():
+        match = _FSLA_NAME.search(name)
+        if isinstance(module, FeatureSpaceLocalAttention) and match:
+            layers[int(match.group(1)), int(match.group(2))] = name
+    return dict(sorted(layers.items()))
+
+
+def select_fsla_layer(model: nn.Module, stage: Optional[int] = None, block: Optional[int] = None) -> str:
+    """Name of the FSLA layer of ``stage`` / ``block``; by default the first stage's first FSLA block."""
+    layers = find_fsla_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no FeatureSpaceLocalAttention layer")
+    stage = next(iter(layers))[0] if stage is None else stage
+    in_stage = [b for s, b in layers if s == stage]
+    block = (in_stage[0] if in_stage else -1) if block is None else block
+    if (stage, block) not in layers:
+        available = ", ".join(f"--stage {s} --block {b}" for s, b in layers)
+        raise ValueError(f"no FSLA layer at stage {stage} block {block}; this model has: {available}")
+    return layers[stage, block]
+
+
+@torch.inference_mode()
+def record_clusters(model: nn.Module, images: torch.Tensor, layer: str) -> tuple[ClusterRecord, torch.Tensor]:
+    """Runs ``model`` once on ``images``; returns the clustering of FSLA layer ``layer`` and the output."""
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"the model has no module {layer!r}")
+    with recording_clusters(modules[layer], layer) as records:
+        output = model(images)
+    if len(records) != 1:
+        raise ValueError(f"{layer} ran {len(records)} times in one forward pass; expected once")
+    return records[0], output

@@ -8,7 +8,6 @@ Layout (ADE20K's ``ADEChallengeData2016``, and the same for any other data set):
 ADE20K: 150 classes; label 0 is "other" and ignored: labels shift by -1 and 0 becomes the ignore index
 (``reduce_zero_label``). Other data sets give their class count and ignore index.
 """
-import colorsys
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ __all__ = [
     "checked_batches",
     "collate_segmentation",
     "dataset_spec",
-    "palette",
     "resolve_split",
     "rescale_size",
 ]
@@ -330,11 +328,3 @@ class EvalTransform:
 
     def __call__(self, image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return self.image(image), torch.from_numpy(label)
-
-
-def palette(num_classes: int) -> np.ndarray:
-    """Distinct colours ``(num_classes, 3)`` uint8: hues spread by the golden ratio, alternating shades."""
-    golden = (5 ** 0.5 - 1) / 2
-    colours = [colorsys.hsv_to_rgb((i * golden) % 1.0, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * (i // 2 % 2))
-               for i in range(num_classes)]
-    return np.rint(np.array(colours).reshape(-1, 3) * 255).astype(np.uint8)

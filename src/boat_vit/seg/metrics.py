@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..distributed import Distributed
+from ..engine import Distributed
 
 __all__ = ["ConfusionMatrix", "SegmentationScores"]
 

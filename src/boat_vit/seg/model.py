@@ -5,23 +5,27 @@ built with ``features_only=True`` (strides 4/8/16/32) and ``strict_img_size=Fals
 runs; the wrapper pads inputs to the encoder's output stride and crops the logits back, and adds the
 auxiliary FCN head of the released recipe (on the stride-16 features, used only for the training loss).
 :func:`load_backbone_weights` initialises the backbone from a classification checkpoint and reports what
-was loaded and what was left initial.
+was loaded and what was left initial. :func:`load_segmenter` restores a trained segmenter from its
+``seg-train`` checkpoint.
 """
-import importlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import load_state_dict_file
-from ..factory import check_model_name
+from ..checkpoint import WeightsReport, filter_state_dict, load_checkpoint_file, load_state_dict_file
+from ..images import palette
+from ..models import check_model_name
+from .data import DatasetSpec, EvalTransform
 
-__all__ = ["AuxiliaryHead", "BackboneLoadReport", "BoatUPerNet", "load_backbone_weights"]
+__all__ = ["AuxiliaryHead", "BoatUPerNet", "Segmenter", "load_backbone_weights",
+           "load_segmenter"]
 
+PALETTE_SIZE = 256  # entries of a PNG palette
 DEFAULT_DECODER_CHANNELS = 512  # mmseg UPerHead of the released Swin/CSWin configs
 DEFAULT_AUX_CHANNELS = 256  # mmseg FCNHead of the released configs
 AUX_DROPOUT = 0.1
@@ -142,34 +146,9 @@ class BoatUPerNet(nn.Module):
         return logits, self.aux_head(features[AUX_FEATURE]) if self.aux_head is not None else None
 
 
-@dataclass
-class BackboneLoadReport:
-    """What :func:`load_backbone_weights` took from a checkpoint (keys in the classifier's naming)."""
-
-    path: str
-    entry: str  # where the weights were in the file ("" for the whole file)
-    loaded: list[str] = field(default_factory=list)
-    initial: list[str] = field(default_factory=list)  # backbone tensors the checkpoint did not provide
-    unused: list[str] = field(default_factory=list)  # checkpoint tensors with no place in the backbone
-
-    def summary(self, shown: int = 6) -> str:
-        where = f" (entry {self.entry!r})" if self.entry else ""
-        lines = [f"backbone weights from {self.path}{where}: {len(self.loaded)} tensors loaded, "
-                 f"{len(self.initial)} left initial, {len(self.unused)} unused; decoder and heads are initial"]
-        for title, keys in (("left initial", self.initial), ("unused", self.unused)):
-            if keys:
-                lines.append(f"  {title}: {', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''}")
-        return "\n".join(lines)
-
-
-def _checkpoint_filter(reference: nn.Module):
-    """The ``checkpoint_filter_fn`` of the module that defines the backbone (timm's convention), if any."""
-    return getattr(importlib.import_module(type(reference).__module__), "checkpoint_filter_fn", None)
-
-
 def load_backbone_weights(
     model: BoatUPerNet, path: Union[str, Path], entry: Optional[str] = None
-) -> BackboneLoadReport:
+) -> WeightsReport:
     """Initialises ``model``'s backbone from a classification checkpoint of the same architecture.
 
     Takes a boat-vit training checkpoint (``best.pth`` / ``last.pth``), a converted safetensors file or
@@ -186,13 +165,9 @@ def load_backbone_weights(
         ValueError: a tensor of the checkpoint has another shape than the backbone's (another model size).
     """
     state, used = load_state_dict_file(path, entry)
-    reference = model.reference_backbone()
-    filter_fn = _checkpoint_filter(reference)
-    if filter_fn is not None:
-        state = filter_fn(state, reference)
-    state = {k: v for k, v in state.items() if not v.is_meta}  # meta: filled in from the reference model
+    state = filter_state_dict(state, model.reference_backbone())
     own = model.backbone.state_dict()
-    report = BackboneLoadReport(path=str(path), entry=used)
+    report = WeightsReport(path=str(path), entry=used)
     wanted = {}
     for key, tensor in own.items():
         name = model.backbone_key(key)
@@ -211,3 +186,29 @@ def load_backbone_weights(
     report.unused = [k for k in state if k not in taken]
     model.backbone.load_state_dict(wanted, strict=False)
     return report
+
+
+class Segmenter:
+    """A trained segmentation model with what it needs at test time: data spec, normalisation, test scale."""
+
+    def __init__(self, model: BoatUPerNet, spec: DatasetSpec, transform: EvalTransform):
+        self.model, self.spec, self.transform = model, spec, transform
+
+    def colour_table(self) -> np.ndarray:
+        """RGB colour of every label value as written to files (the data set's own label convention)."""
+        table = np.zeros((PALETTE_SIZE, 3), dtype=np.uint8)
+        shift = int(self.spec.reduce_zero_label)
+        table[shift:shift + self.spec.num_classes] = palette(self.spec.num_classes)[:PALETTE_SIZE - shift]
+        return table
+
+
+def load_segmenter(checkpoint: str, device: torch.device = torch.device("cpu")) -> Segmenter:
+    """The segmenter of a ``seg-train`` checkpoint (``best.pth`` / ``last.pth``), in eval mode."""
+    state = load_checkpoint_file(Path(checkpoint))
+    if not isinstance(state, dict) or "segmenter" not in state:
+        raise ValueError(f"{checkpoint} is not a segmentation checkpoint (written by `boat-vit seg-train`)")
+    model = BoatUPerNet(**state["segmenter"])
+    model.load_state_dict(state["model"])
+    spec = DatasetSpec(**state["spec"])
+    data = state["data"]
+    return Segmenter(model.to(device).eval(), spec, EvalTransform(data["mean"], data["std"], data["test_scale"]))

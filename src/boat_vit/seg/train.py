@@ -1,34 +1,41 @@
-"""Segmentation training: ``boat-vit seg-train`` (``torchrun ... -m boat_vit.cli seg-train`` for DDP).
+"""Segmentation training: :func:`train_segmentation` takes a :class:`SegTrainConfig` (``boat-vit seg-train``).
 
 UperNet on a BOAT backbone, iteration-based (the released ADE20K recipe is the ``ade20k_upernet`` preset:
 512x512 crops, AdamW 6e-5, weight decay 0.01, poly schedule with 1500 linear warm-up iterations, 160k
-iterations, batch 16). The run directory, atomic checkpoints, metrics, plots, ``torchrun`` DDP and AMP are
-those of classification training (:mod:`boat_vit.train`, :mod:`boat_vit.runs`). Every iteration starts
+iterations, batch 16). The run directory, atomic checkpoints, metrics, plots, ``torchrun`` DDP and AMP come
+from the run engine (:mod:`boat_vit.engine`), as for classification. Every iteration starts
 from RNG states derived from the seed and the iteration, and the data order and augmentation depend only
 on the seed, so ``--resume`` continues a run exactly from its last checkpoint.
 """
-import argparse
 import dataclasses
-import itertools
-import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data import GlobalBatchSampler, SeededSamples
-from ..distributed import Distributed, setup_distributed
-from ..evaluate import amp_dtype_for
-from ..runs import RunDirectory, load_resume_checkpoint
-from ..train import RunOptions, add_run_arguments, optimizer_step, raise_if_non_finite, seed_everything
+from ..engine import (
+    Distributed,
+    GlobalBatchSampler,
+    ResumedBatches,
+    RunDirectory,
+    RunOptions,
+    SeededSamples,
+    amp_dtype_for,
+    autocast,
+    derive_seed,
+    load_resume_checkpoint,
+    optimizer_step,
+    raise_if_non_finite,
+    seed_everything,
+    setup_distributed,
+)
 from .data import (
     DatasetSpec, EvalTransform, SegmentationFolder, TrainAugmentation, checked_batches, collate_segmentation,
     dataset_spec,
@@ -39,7 +46,6 @@ from .model import DEFAULT_AUX_CHANNELS, BoatUPerNet, load_backbone_weights
 
 __all__ = ["PRESETS", "SegTrainConfig", "resolve_seg_config", "train_segmentation", "segmentation_loss"]
 
-ITERATION_SEED_STRIDE = 1_000_003  # per-iteration seeds of the model's RNG: seed * stride + iteration
 MIN_IMAGES_PER_PROCESS = 2  # UperNet's pooling branch has 1x1 maps: batch norm needs two images
 METRIC_FIELDS = ("iteration", "train_loss", "lr", "miou", "macc", "aacc", "images_per_s")
 PLOT_PANELS = (
@@ -133,19 +139,6 @@ def segmentation_loss(logits: torch.Tensor, aux: Optional[torch.Tensor], labels:
     return loss
 
 
-class _ResumedBatches(Sampler[list]):
-    """The batches of ``sampler`` from batch ``start`` on (the rest of an interrupted epoch)."""
-
-    def __init__(self, sampler: GlobalBatchSampler, start: int):
-        self.sampler, self.start = sampler, start
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.start
-
-    def __iter__(self) -> Iterator[list]:
-        return itertools.islice(iter(self.sampler), self.start, None)
-
-
 def _resume_state(config: SegTrainConfig) -> Optional[dict]:
     if config.resume is None:
         return None
@@ -212,7 +205,7 @@ def train_segmentation(config: SegTrainConfig) -> dict:
         if config.backbone_weights and resume_state is None:
             weights_report = load_backbone_weights(model, config.backbone_weights)
             if world.is_main:
-                print(weights_report.summary())
+                print(f"backbone {weights_report.summary()}\n  (decoder and heads start afresh)")
         model.to(world.device)
         if world.enabled and world.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -237,20 +230,19 @@ def train_segmentation(config: SegTrainConfig) -> dict:
             if world.is_main:
                 running = _Running(**resume_state["running"])
         ddp_model = DistributedDataParallel(model) if world.enabled else model
-        autocast = torch.autocast(world.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         show = config.progress and world.is_main
         bar = tqdm(total=config.iterations, initial=iteration, desc="seg-train", disable=not show, dynamic_ncols=True)
         ddp_model.train()
         while iteration < config.iterations:
             epoch, done = divmod(iteration, len(sampler))
             sampler.set_epoch(epoch)
-            loader = DataLoader(SeededSamples(train_set), batch_sampler=_ResumedBatches(sampler, done),
+            loader = DataLoader(SeededSamples(train_set), batch_sampler=ResumedBatches(sampler, done),
                                 num_workers=config.workers, collate_fn=collate_segmentation)
             for images, labels, _ in checked_batches(loader):
-                seed_everything(config.seed * ITERATION_SEED_STRIDE + iteration)
+                seed_everything(derive_seed(config.seed, iteration))
                 started = time.perf_counter()
                 images, labels = images.to(world.device, non_blocking=True), labels.to(world.device, non_blocking=True)
-                with autocast:
+                with autocast(world.device, amp_dtype):
                     logits, aux = ddp_model(images, with_aux=True)
                 loss = segmentation_loss(logits, aux, labels, spec.ignore_index, config.aux_weight)
                 raise_if_non_finite(loss, world, f"iteration {iteration + 1}", config.output)
@@ -292,7 +284,7 @@ def train_segmentation(config: SegTrainConfig) -> dict:
                             is_best,
                         )
                         run.write_metrics(rows, METRIC_FIELDS)
-                        run.plot(rows, title=f"UperNet + {config.backbone}", panels=PLOT_PANELS, x="iteration",
+                        run.plot(rows, PLOT_PANELS, title=f"UperNet + {config.backbone}", x="iteration",
                                  x_offset=0)
                     world.barrier()
                 if iteration >= config.iterations:
@@ -313,76 +305,3 @@ def train_segmentation(config: SegTrainConfig) -> dict:
         return summary
     finally:
         world.shutdown()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``seg-train`` options; every recipe knob defaults to the preset, then to :class:`SegTrainConfig`."""
-    defaults = SegTrainConfig()
-    add = parser.add_argument
-    add("--backbone", help=f"timm backbone with strides 4/8/16/32 (default {defaults.backbone})")
-    add("--backbone-kwargs", type=json.loads, help='JSON keyword arguments for the backbone, e.g. '
-                                                   '\'{"embed_dim": 48, "fsla_stages": false}\'')
-    add("--backbone-weights", help="initial backbone weights: a boat-vit classification checkpoint (best.pth), a "
-                                   "safetensors file or released BOAT weights as downloaded")
-    add("--data", help=f"data root: ADEChallengeData2016 layout, images/ and annotations/ with training/ and "
-                       f"validation/ (default {defaults.data})")
-    add("--dataset", choices=["ade20k", "folder"], help="label convention: 'ade20k' (150 classes, 0 ignored, "
-                                                        "labels shift by -1; the default) or 'folder'")
-    add("--num-classes", type=int, help="number of classes (required for --dataset folder)")
-    add("--ignore-index", type=int, help="label value excluded from loss and metrics (default 255)")
-    add("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
-        help="label 0 means 'other': ignore it and shift the others by -1 (default: on for ade20k)")
-    add("--output", help=f"run directory: checkpoints, metrics.csv, summary.json, curves.png "
-                         f"(default {defaults.output})")
-    add("--preset", choices=sorted(PRESETS), help="'ade20k_upernet': the released ADE20K recipe (the defaults); "
-                                                  "options override it")
-    add("--decoder-channels", type=int, help=f"UperNet width (default {defaults.decoder_channels})")
-    add("--aux-weight", type=float, help="auxiliary FCN head loss weight, 0 for no head "
-                                         f"(default {defaults.aux_weight})")
-    add("--drop-path", type=float, help=f"backbone stochastic depth (default {defaults.drop_path})")
-    add("--crop-size", type=int, nargs="+", help="training crop, one or two (H W) ints; also the sliding window "
-                                                 "(default 512)")
-    add("--scale", type=int, nargs=2, help="base scale (long short) that the random ratio multiplies "
-                                          "(default 2048 512)")
-    add("--ratio-range", type=float, nargs=2, help="random rescale ratio range (default 0.5 2.0)")
-    add("--cat-max-ratio", type=float, help="re-draw a crop (up to 10 times) while one class covers this share; "
-                                            f"1 disables (default {defaults.cat_max_ratio})")
-    add("--hflip", type=float, help=f"horizontal flip probability (default {defaults.hflip})")
-    add("--photometric", action=argparse.BooleanOptionalAction, default=None,
-        help="photometric distortion: brightness, contrast, saturation, hue (default on)")
-    add("--test-scale", type=int, nargs=2, help="evaluation resize (long short), aspect kept (default 2048 512)")
-    add("--no-test-resize", dest="test_scale", action="store_const", const=(), help="evaluate at the original size")
-    add("--iterations", type=int, help=f"training iterations (default {defaults.iterations})")
-    add("--batch-size", type=int, help="global images per iteration over all processes "
-                                       f"(default {defaults.batch_size})")
-    add("--lr", type=float, help=f"peak AdamW learning rate (default {defaults.lr})")
-    add("--min-lr", type=float, help=f"learning rate at the end of the poly schedule (default {defaults.min_lr})")
-    add("--weight-decay", type=float, help=f"AdamW weight decay; norms, biases and relative position tables "
-                                           f"are exempt (default {defaults.weight_decay})")
-    add("--poly-power", type=float, help=f"poly schedule power (default {defaults.poly_power})")
-    add("--warmup-iters", type=int, help=f"linear warm-up iterations (default {defaults.warmup_iters})")
-    add("--warmup-ratio", type=float, help=f"warm-up start as a fraction of --lr (default {defaults.warmup_ratio})")
-    add("--clip-grad", type=float, help="clip the gradient norm to this value (default: no clipping)")
-    add("--eval-interval", type=int, help=f"evaluate every this many iterations (default {defaults.eval_interval})")
-    add("--checkpoint-interval", type=int, help="write last.pth every this many iterations "
-                                                f"(default {defaults.checkpoint_interval})")
-    add("--eval-mode", choices=["whole", "slide"], help="evaluation inference: whole image or sliding window of "
-                                                        "--crop-size (default whole)")
-    add("--eval-stride", type=int, nargs="+", help="sliding window stride, one or two ints (default 341)")
-    add_run_arguments(parser, defaults)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    summary = train_segmentation(resolve_seg_config({k: v for k, v in vars(args).items() if k != "func"}))
-    if summary:
-        print(f"best mIoU {summary['best_miou']:.2f} at iteration {summary['best_iteration']} (final "
-              f"{summary['final_miou']:.2f}); run directory {summary['output']}/")
-    return 0
-
-
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("seg-train", help="train UperNet on a BOAT backbone (semantic segmentation)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.set_defaults(func=run_from_args)
-

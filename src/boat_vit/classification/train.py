@@ -1,39 +1,54 @@
-"""Classification training: ``boat-vit train`` / ``python -m boat_vit.train``.
+"""Classification training: :func:`train` takes a :class:`TrainConfig` (``boat-vit train`` only fills it).
 
-One importable function, :func:`train`, takes a :class:`TrainConfig`; the command line only fills it.
 Runs scale from one CPU process to ``torchrun --nproc_per_node N`` (DistributedDataParallel). Every epoch
 writes an atomic checkpoint and a metrics row, and ``--resume`` continues a run exactly: every epoch
 starts from RNG states derived from the seed and the epoch, so a resumed run repeats the interrupted
 epoch bit for bit.
 """
-import argparse
 import dataclasses
-import json
-import random
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data import GlobalBatchSampler, SeededSamples, ShardSampler, build_datasets, collate_skipping
-from .distributed import Distributed, setup_distributed
-from .evaluate import amp_dtype_for, evaluate, eval_transform_for
-from .factory import check_model_name, create_classifier, load_initial_weights
-from .runs import RunDirectory, load_resume_checkpoint
+from ..engine import (
+    Distributed,
+    GlobalBatchSampler,
+    RunDirectory,
+    RunOptions,
+    SeededSamples,
+    ShardSampler,
+    amp_dtype_for,
+    autocast,
+    derive_seed,
+    load_resume_checkpoint,
+    optimizer_step,
+    raise_if_non_finite,
+    rng_state,
+    seed_everything,
+    setup_distributed,
+)
+from ..models import check_model_name
+from .data import build_datasets, collate_skipping
+from .evaluate import eval_transform_for, evaluate
+from .model import create_classifier
 
-__all__ = ["TrainConfig", "PRESETS", "train", "resolve_config", "NonFiniteLossError", "seed_everything",
-           "raise_if_non_finite", "optimizer_step", "RunOptions", "add_run_arguments"]
+__all__ = ["PRESETS", "TrainConfig", "resolve_config", "train"]
 
-EPOCH_SEED_STRIDE = 1_000_003  # per-epoch seeds of the model's RNG: seed * stride + epoch
 DIGITS_IMG_SIZE = 32
+METRIC_FIELDS = ("epoch", "train_loss", "lr", "val_loss", "top1", "top5", "ema_top1", "ema_top5",
+                 "images_per_s", "skipped_images")
+PLOT_PANELS = (
+    ("loss", (("train_loss", "train"), ("val_loss", "validation"))),
+    ("validation accuracy (%)", (("top1", "top-1"), ("top5", "top-5"), ("ema_top1", "EMA top-1"))),
+    ("learning rate (end of epoch)", (("lr", None),)),
+)
 
 # Drop-path rates of the released recipes per model size (BRIEF section 2).
 _DROP_PATH = {
@@ -66,23 +81,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # BOAT-CSWin-B: batch 1024 at lr 1e-3, weight decay 0.1, EMA 0.99992.
 _CSWIN_BASE = dict(batch_size=1024, base_lr=1e-3, lr_base_batch=1024, weight_decay=0.1, ema_decay=0.99992)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
-
-
-@dataclass
-class RunOptions:
-    """Options every training command shares (their command-line form: :func:`add_run_arguments`)."""
-
-    amp: bool = False
-    amp_dtype: Optional[str] = None  # default: bfloat16 on CPU, float16 on CUDA
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    seed: int = 0
-    workers: int = 2
-    resume: Optional[str] = None
-    progress: bool = True
 
 
 @dataclass
@@ -119,8 +117,7 @@ class TrainConfig(RunOptions):
     drop_path: Optional[float] = None  # default: the released rate for the model size, else 0.1
     ema_decay: Optional[float] = None
     grad_checkpointing: bool = False
-    pretrained_file: Optional[str] = None
-    initial_checkpoint: Optional[str] = None
+    pretrained_file: Optional[str] = None  # initial weights: any file checkpoint.load_weights reads
     reset_head: bool = False
 
 
@@ -149,48 +146,6 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     if config.drop_path is None:
         config.drop_path = 0.1
     return config
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def raise_if_non_finite(loss: torch.Tensor, world: Distributed, where: str, output: str) -> None:
-    """Raises :class:`NonFiniteLossError` on every process when the loss of any process is NaN or infinite."""
-    finite = torch.isfinite(loss.detach()).to(torch.float64)
-    if world.enabled:
-        finite = world.all_reduce_sum(finite.reshape(1)) / world.world_size
-    if float(finite) < 1:
-        raise NonFiniteLossError(
-            f"non-finite loss at {where}; the run stopped and the last good checkpoint in {output} is intact "
-            "(try a lower --lr, --clip-grad or no --amp)"
-        )
-
-
-def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   clip_grad: Optional[float] = None) -> None:
-    """One update through the grad scaler: unscale and clip the gradient norm (if asked), step, zero grads."""
-    from timm.utils import dispatch_clip_grad
-
-    if clip_grad:
-        scaler.unscale_(optimizer)
-        dispatch_clip_grad(model.parameters(), clip_grad)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def _rng_state() -> dict:
-    numpy_state = np.random.get_state()
-    return dict(
-        torch=torch.get_rng_state(),
-        numpy=torch.from_numpy(numpy_state[1].astype(np.int64)),
-        numpy_pos=int(numpy_state[2]),
-        python=list(random.getstate()[1]),
-    )
 
 
 def _transforms(config: TrainConfig):
@@ -249,12 +204,10 @@ def train(config: TrainConfig) -> dict:
         train_transform, eval_transform, data_config = _transforms(config)
         train_set, val_set = build_datasets(config.data, train_transform, eval_transform)
         class_names = list(train_set.classes)
-        model = create_classifier(config.model, num_classes=len(class_names), pretrained_file=config.pretrained_file,
-                                  drop_path_rate=config.drop_path, **config.model_kwargs)
-        if config.initial_checkpoint:
-            missing = load_initial_weights(model, config.initial_checkpoint, config.reset_head)
-            if missing and world.is_main:
-                print(f"initial checkpoint: {len(missing)} tensors left at initial values: {missing[:6]}")
+        model, weights = create_classifier(config.model, len(class_names), config.pretrained_file, config.reset_head,
+                                           drop_path_rate=config.drop_path, **config.model_kwargs)
+        if weights is not None and world.is_main:
+            print(weights.summary())
         if config.grad_checkpointing:
             model.set_grad_checkpointing(True)
         model.to(world.device)
@@ -292,7 +245,7 @@ def train(config: TrainConfig) -> dict:
         ddp_model = DistributedDataParallel(model) if world.enabled else model
 
         for epoch in range(start_epoch, total_epochs):
-            seed_everything(config.seed * EPOCH_SEED_STRIDE + epoch)
+            seed_everything(derive_seed(config.seed, epoch))
             sampler.set_epoch(epoch)
             epoch_stats = _train_one_epoch(
                 ddp_model, model, train_loader, optimizer, scheduler, scaler, ema, mixup, criterion, config,
@@ -317,13 +270,13 @@ def train(config: TrainConfig) -> dict:
                 run.save_checkpoint(
                     dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                          scaler=scaler.state_dict(), ema=ema.state_dict() if ema is not None else None, epoch=epoch,
-                         best=best, metrics=rows, rng=_rng_state(), config=dataclasses.asdict(config),
+                         best=best, metrics=rows, rng=rng_state(), config=dataclasses.asdict(config),
                          model_name=config.model, model_kwargs=config.model_kwargs, class_names=class_names,
                          data_config=data_config),
                     is_best,
                 )
-                run.write_metrics(rows)
-                run.plot(rows, title=f"{config.model} on {config.data}")
+                run.write_metrics(rows, METRIC_FIELDS)
+                run.plot(rows, PLOT_PANELS, title=f"{config.model} on {config.data}")
             world.barrier()
 
         summary = dict(
@@ -357,7 +310,6 @@ def _train_one_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, ema
     device = world.device
     num_updates = epoch * updates_per_epoch
     loss_sum, seen, skipped, started = 0.0, 0, 0, time.perf_counter()
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext())
     batches = tqdm(loader, desc=f"train {epoch + 1}/{total_epochs}", disable=not (config.progress and world.is_main),
                    leave=False, dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
@@ -371,7 +323,7 @@ def _train_one_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, ema
             images, targets = mixup(images, targets)
         sync = nullcontext() if (last_micro_step or not world.enabled) else ddp_model.no_sync()
         with sync:
-            with autocast:
+            with autocast(device, amp_dtype):
                 loss = criterion(ddp_model(images), targets) if len(images) else images.new_zeros(())
             raise_if_non_finite(loss, world, f"epoch {epoch + 1}, step {step + 1}", config.output)
             scaler.scale(loss / config.accum_steps).backward()
@@ -390,88 +342,3 @@ def _train_one_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, ema
     elapsed = time.perf_counter() - started
     return dict(loss=float(totals[0] / max(totals[1], 1)), lr=optimizer.param_groups[0]["lr"],
                 images_per_s=float(totals[1]) / elapsed, skipped=int(totals[2]))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``train`` options; every recipe knob defaults to the preset, then to :class:`TrainConfig`."""
-    defaults = TrainConfig()
-    add = parser.add_argument
-    add("--model", help=f"timm model name (default: the preset's, else {defaults.model})")
-    add("--data", help="ImageNet-style folder with train/ and val/ class sub-folders, or 'digits' "
-                       "(embedded handwritten digits, no download; the default)")
-    add("--output", help=f"run directory for checkpoints, metrics.csv, summary.json, curves.png "
-                         f"(default {defaults.output})")
-    add("--preset", choices=sorted(PRESETS), help="a recipe: 'digits' (the embedded demo), 'boat_swin' or "
-                                                  "'boat_cswin' (the released ImageNet recipes); options override it")
-    add("--model-kwargs", type=json.loads, help='JSON keyword arguments for the model, e.g. \'{"embed_dim": 48}\'')
-    add("--img-size", type=int, help="square training/eval resolution (default: the model's pretrained cfg)")
-    add("--epochs", type=int, help=f"training epochs (default {defaults.epochs})")
-    add("--batch-size", type=int, help="global images per optimizer step, over all processes and accumulation "
-                                       f"steps (default {defaults.batch_size})")
-    add("--accum-steps", type=int, help="gradient accumulation steps per optimizer step (default 1)")
-    add("--lr", type=float, help="peak learning rate (default: base lr x batch size / lr base batch)")
-    add("--base-lr", type=float, help=f"learning rate per --lr-base-batch images (default {defaults.base_lr})")
-    add("--lr-base-batch", type=int, help=f"batch size the base lr refers to (default {defaults.lr_base_batch})")
-    add("--min-lr", type=float, help=f"final cosine learning rate (default {defaults.min_lr})")
-    add("--warmup-lr", type=float, help=f"learning rate at the start of the linear warm-up (default {defaults.warmup_lr})")
-    add("--warmup-epochs", type=int, help="linear warm-up epochs, stepped per update (default 0)")
-    add("--cooldown-epochs", type=int, help="epochs at min lr after the cosine (default 0)")
-    add("--weight-decay", type=float, help=f"AdamW weight decay; norms, biases and the model's no_weight_decay "
-                                           f"set are exempt (default {defaults.weight_decay})")
-    add("--clip-grad", type=float, help="clip the gradient norm to this value (default: no clipping)")
-    add("--label-smoothing", type=float, help=f"label smoothing (default {defaults.label_smoothing})")
-    add("--mixup", type=float, help="mixup alpha, 0 disables (default 0)")
-    add("--cutmix", type=float, help="cutmix alpha, 0 disables (default 0)")
-    add("--auto-augment", help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (default: none)")
-    add("--color-jitter", type=float, help=f"colour jitter strength (default {defaults.color_jitter})")
-    add("--hflip", type=float, help=f"horizontal flip probability (default {defaults.hflip})")
-    add("--reprob", type=float, help="random erasing probability (default 0)")
-    add("--drop-path", type=float, help="stochastic depth rate (default: the released rate for the model size)")
-    add("--ema-decay", type=float, help="keep an EMA of the weights with this decay, evaluated and saved")
-    add("--grad-checkpointing", action="store_true", default=None, help="trade compute for activation memory")
-    add_run_arguments(parser, defaults)
-    add("--pretrained-file", help="initial weights through the model's checkpoint filter (e.g. released BOAT "
-                                  "weights as downloaded)")
-    add("--initial-checkpoint", help="initial weights from a boat-vit checkpoint or a safetensors file")
-    add("--reset-head", action="store_true", default=None, help="with --initial-checkpoint: start the classifier "
-                                                                "afresh when its class count differs")
-
-
-def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
-    """The :class:`RunOptions` options: mixed precision, device, seed, workers, resume, progress bars."""
-    add = parser.add_argument
-    add("--amp", action="store_true", default=None, help="mixed precision: bfloat16 on CPU, float16 with a "
-                                                         "grad scaler on CUDA")
-    add("--amp-dtype", choices=["float16", "bfloat16"], help="override the mixed-precision dtype")
-    add("--device", help=f"cpu, cuda or cuda:N (default {defaults.device}); torchrun picks cuda:LOCAL_RANK")
-    add("--seed", type=int, help=f"seed of weights, data order and augmentation (default {defaults.seed})")
-    add("--workers", type=int, help=f"data loading processes per training process (default {defaults.workers})")
-    add("--resume", help="continue a run from its run directory or a last.pth checkpoint")
-    add("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in vars(args).items() if k != "func"}
-    summary = train(resolve_config(overrides))
-    if summary.get("output"):
-        print(f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch'] + 1}), final top-1 "
-              f"{summary['final_top1']:.2f}%; results in {summary['output']}/ "
-              f"(summary.json, metrics.csv, curves.png, best.pth, last.pth)")
-    return 0
-
-
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train a classifier", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.set_defaults(func=run_from_args)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Process-group helpers for ``torchrun``: gloo on CPU, NCCL on CUDA; a no-op in a single process."""
+"""Process groups for ``torchrun``: gloo on CPU, NCCL on CUDA; a no-op in a single process."""
 import os
 from dataclasses import dataclass
 

@@ -1,21 +1,17 @@
-"""Classification data: the embedded handwritten digits, ImageNet-style folders, and distributed sampling."""
-import random
+"""Classification data: the embedded handwritten digits and ImageNet-style folders."""
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import Dataset, default_collate
 from torchvision.datasets import ImageFolder
 
 __all__ = [
     "EMBEDDED_DATASETS",
     "DigitsDataset",
     "TolerantImageFolder",
-    "GlobalBatchSampler",
-    "SeededSamples",
-    "ShardSampler",
     "build_datasets",
     "build_eval_dataset",
     "collate_skipping",
@@ -26,7 +22,6 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 DIGITS_MAX_LEVEL = 16  # the digits are 8x8 images of 17 grey levels (0..16)
 UINT8_MAX = 255
-_SEED_STRIDE = 1_000_003  # derived seeds: per epoch from the run seed, per sample from the epoch seed
 
 
 class DigitsDataset(Dataset):
@@ -129,75 +124,3 @@ def build_eval_dataset(data: str, transform: Callable) -> Dataset:
     folder = root / "val" if (root / "val").is_dir() else root
     _check_folder(folder, "evaluation")
     return TolerantImageFolder(folder, transform)
-
-
-class SeededSamples(Dataset):
-    """Training view of a dataset whose keys are ``(index, seed)``: each sample is loaded and augmented under
-    RNG states set from its own seed, so augmentation does not depend on which process or worker loads it
-    (one process and ``torchrun`` give the same images). The caller's RNG states are left untouched.
-    """
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
-
-
-class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Shuffled global batches split across ranks: rank ``r`` gets the ``r``-th slice of every global batch.
-
-    With the same seed, one process with batch ``B`` and ``W`` processes with batch ``B / W`` each see the
-    same samples at every step. The order depends only on ``seed`` and the epoch (:meth:`set_epoch`).
-    Incomplete last global batches are dropped, as training does. Batches hold ``(index, sample_seed)``
-    keys for :class:`SeededSamples`.
-    """
-
-    def __init__(self, num_samples: int, global_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0):
-        if global_batch % world_size:
-            raise ValueError(f"global batch {global_batch} must be divisible by the {world_size} processes")
-        if num_samples < global_batch:
-            raise ValueError(f"{num_samples} training samples are fewer than one batch of {global_batch}")
-        self.num_samples, self.global_batch = num_samples, global_batch
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples // self.global_batch
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch_seed = self.seed * _SEED_STRIDE + self.epoch
-        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
-        local = self.global_batch // self.world_size
-        for start in range(0, len(self) * self.global_batch, self.global_batch):
-            offset = start + self.rank * local
-            yield [(index, (epoch_seed * _SEED_STRIDE + index) % 2**63) for index in order[offset : offset + local]]
-
-
-class ShardSampler(Sampler[int]):
-    """Rank ``r`` of ``W`` takes samples ``r, r + W, ...``: every sample is evaluated exactly once."""
-
-    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1):
-        self.indices = range(rank, num_samples, world_size)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-

@@ -1,0 +1,73 @@
+"""Classifiers by name, with weights from any supported file, or restored from a training checkpoint."""
+from pathlib import Path
+from typing import Any, Optional
+
+import torch.nn as nn
+
+from ..checkpoint import WeightsReport, load_checkpoint_file, load_weights
+from ..models import create_model
+
+__all__ = ["create_classifier", "load_classifier"]
+
+IMAGENET_CLASSES = 1000  # the class count of models created without a training checkpoint
+
+
+def create_classifier(
+    name: str,
+    num_classes: int,
+    weights: Optional[str] = None,
+    reset_head: bool = False,
+    **kwargs: Any,
+) -> tuple[nn.Module, Optional[WeightsReport]]:
+    """A timm classifier by (checked) name, optionally filled from a weights file.
+
+    Args:
+        name: timm model name.
+        num_classes: Classes of the head.
+        weights: Any file :func:`boat_vit.checkpoint.load_weights` reads (released BOAT weights as
+            downloaded, a training checkpoint, safetensors, a state dict).
+        reset_head: Keep the fresh classifier where the file's has another number of classes.
+        **kwargs: Model keyword arguments.
+
+    Returns:
+        The model and what was loaded (``None`` without ``weights``).
+    """
+    model = create_model(name, num_classes=num_classes, **kwargs)
+    report = load_weights(model, weights, reset_head=reset_head) if weights is not None else None
+    return model, report
+
+
+def load_classifier(
+    checkpoint: Optional[str] = None,
+    model_name: Optional[str] = None,
+    weights: Optional[str] = None,
+    use_ema: bool = False,
+) -> tuple[nn.Module, list[str], dict]:
+    """A classifier in eval mode with its class names and data config.
+
+    Either a boat-vit training ``checkpoint`` (model name, classes and weights inside; ``use_ema`` picks the
+    EMA weights), or ``model_name`` with a ``weights`` file (e.g. released BOAT weights; ImageNet indices
+    as class names).
+    """
+    from timm.data import resolve_data_config
+
+    if checkpoint is not None:
+        state = load_checkpoint_file(Path(checkpoint))
+        if not isinstance(state, dict) or "class_names" not in state:
+            raise ValueError(f"{checkpoint} is not a classification training checkpoint (written by `boat-vit train`)")
+        class_names = state["class_names"]
+        model = create_model(state["model_name"], num_classes=len(class_names), **state["model_kwargs"])
+        state_dict = state["model"]
+        if use_ema:
+            if state.get("ema") is None:
+                raise ValueError(f"{checkpoint} has no EMA weights (the run did not use --ema-decay)")
+            state_dict = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+        model.load_state_dict(state_dict)
+        data_config = state["data_config"]
+    elif model_name is not None:
+        model, _ = create_classifier(model_name, IMAGENET_CLASSES, weights)
+        class_names = [str(i) for i in range(model.num_classes)]
+        data_config = resolve_data_config(model=model)
+    else:
+        raise ValueError("give a training checkpoint, or a model name (and usually its weights file)")
+    return model.eval(), class_names, data_config

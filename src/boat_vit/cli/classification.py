@@ -1,0 +1,139 @@
+"""``boat-vit train``, ``eval`` and ``predict``: shells over :mod:`boat_vit.classification`."""
+import argparse
+import warnings
+
+from ..classification import PRESETS, TrainConfig, evaluate, load_classifier, predict, resolve_config, train
+from ..classification.evaluate import TOP_K, eval_loader
+from ..engine import amp_dtype_for, default_device, setup_distributed
+from .options import add_amp_arguments, add_device_argument, add_run_arguments, json_object, positive_int
+
+__all__ = ["add_parsers"]
+
+
+class _Deprecated(argparse.Action):
+    """Stores the value under the new option's name and warns that the spelling is deprecated."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"{option_string} is deprecated; use --{self.dest.replace('_', '-')}", FutureWarning,
+                      stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train`` options; every recipe knob defaults to the preset, then to :class:`TrainConfig`."""
+    defaults = TrainConfig()
+    add = parser.add_argument
+    add("--model", help=f"timm model name (default: the preset's, else {defaults.model})")
+    add("--data", help="ImageNet-style folder with train/ and val/ class sub-folders, or 'digits' "
+                       "(embedded handwritten digits, no download; the default)")
+    add("--output", help=f"run directory for checkpoints, metrics.csv, summary.json, curves.png "
+                         f"(default {defaults.output})")
+    add("--preset", choices=sorted(PRESETS), help="a recipe: 'digits' (the embedded demo), 'boat_swin' or "
+                                                  "'boat_cswin' (the released ImageNet recipes); options override it")
+    add("--model-kwargs", type=json_object, help='JSON keyword arguments for the model, e.g. \'{"embed_dim": 48}\'')
+    add("--img-size", type=int, help="square training/eval resolution (default: the model's pretrained cfg)")
+    add("--epochs", type=int, help=f"training epochs (default {defaults.epochs})")
+    add("--batch-size", type=int, help="global images per optimizer step, over all processes and accumulation "
+                                       f"steps (default {defaults.batch_size})")
+    add("--accum-steps", type=int, help="gradient accumulation steps per optimizer step (default 1)")
+    add("--lr", type=float, help="peak learning rate (default: base lr x batch size / lr base batch)")
+    add("--base-lr", type=float, help=f"learning rate per --lr-base-batch images (default {defaults.base_lr})")
+    add("--lr-base-batch", type=int, help=f"batch size the base lr refers to (default {defaults.lr_base_batch})")
+    add("--min-lr", type=float, help=f"final cosine learning rate (default {defaults.min_lr})")
+    add("--warmup-lr", type=float, help=f"learning rate at the start of the linear warm-up (default {defaults.warmup_lr})")
+    add("--warmup-epochs", type=int, help="linear warm-up epochs, stepped per update (default 0)")
+    add("--cooldown-epochs", type=int, help="epochs at min lr after the cosine (default 0)")
+    add("--weight-decay", type=float, help=f"AdamW weight decay; norms, biases and the model's no_weight_decay "
+                                           f"set are exempt (default {defaults.weight_decay})")
+    add("--clip-grad", type=float, help="clip the gradient norm to this value (default: no clipping)")
+    add("--label-smoothing", type=float, help=f"label smoothing (default {defaults.label_smoothing})")
+    add("--mixup", type=float, help="mixup alpha, 0 disables (default 0)")
+    add("--cutmix", type=float, help="cutmix alpha, 0 disables (default 0)")
+    add("--auto-augment", help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (default: none)")
+    add("--color-jitter", type=float, help=f"colour jitter strength (default {defaults.color_jitter})")
+    add("--hflip", type=float, help=f"horizontal flip probability (default {defaults.hflip})")
+    add("--reprob", type=float, help="random erasing probability (default 0)")
+    add("--drop-path", type=float, help="stochastic depth rate (default: the released rate for the model size)")
+    add("--ema-decay", type=float, help="keep an EMA of the weights with this decay, evaluated and saved")
+    add("--grad-checkpointing", action="store_true", default=None, help="trade compute for activation memory")
+    add_run_arguments(parser, defaults)
+    add("--pretrained-file", help="initial weights: released BOAT weights as downloaded, a boat-vit checkpoint, a "
+                                  "safetensors file or a state dict (through the model's checkpoint filter)")
+    add("--initial-checkpoint", dest="pretrained_file", action=_Deprecated, help=argparse.SUPPRESS)
+    add("--reset-head", action="store_true", default=None, help="with --pretrained-file: start the classifier "
+                                                                "afresh when its class count differs")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    summary = train(resolve_config({k: v for k, v in vars(args).items() if k != "func"}))
+    if summary.get("output"):
+        print(f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch'] + 1}), final top-1 "
+              f"{summary['final_top1']:.2f}%; results in {summary['output']}/ "
+              f"(summary.json, metrics.csv, curves.png, best.pth, last.pth)")
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    world = setup_distributed(args.device or default_device())
+    try:
+        model, class_names, data_config = load_classifier(args.checkpoint, args.model, args.pretrained_file, args.ema)
+        loader = eval_loader(args.data, data_config, world, args.batch_size, args.workers,
+                             class_names if args.checkpoint else None)
+        amp_dtype = amp_dtype_for(world.device, bool(args.amp), args.amp_dtype)
+        metrics = evaluate(model.to(world.device), loader, world, amp_dtype, progress=world.is_main)
+        if world.is_main:
+            print(f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
+                  f"({metrics['count']} images, {metrics['skipped']} unreadable skipped)")
+    finally:
+        world.shutdown()
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    device = torch.device(args.device or default_device())
+    model, class_names, data_config = load_classifier(args.checkpoint, args.model, args.pretrained_file, args.ema)
+    amp_dtype = amp_dtype_for(device, bool(args.amp), args.amp_dtype)
+    results = predict(model.to(device), class_names, data_config, args.images, args.top_k, amp_dtype)
+    for path, top in zip(args.images, results):
+        print(path)
+        for name, probability in top:
+            print(f"  {probability:7.2%}  {name}")
+    return 0
+
+
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="a boat-vit training checkpoint (best.pth / last.pth)")
+    parser.add_argument("--model", help="instead of --checkpoint: a timm model name")
+    parser.add_argument("--pretrained-file", help="with --model: weights file (e.g. released BOAT weights)")
+    parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    add_device_argument(parser)
+    add_amp_arguments(parser)
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``train``, ``eval`` and ``predict``."""
+    from ..classification import train as train_module
+
+    parser = subparsers.add_parser("train", help="train a classifier", description=train_module.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_train_arguments(parser)
+    parser.set_defaults(func=_run_train)
+
+    evaluation = subparsers.add_parser("eval", help="top-1/top-5 of a model on a dataset",
+                                       description="Reports top-1, top-5 and loss of a model on a dataset "
+                                                   "(torchrun for several processes).")
+    _add_model_source(evaluation)
+    evaluation.add_argument("--data", default="digits", help="'digits' (embedded test split), a folder with val/, "
+                                                             "or a folder of class sub-folders (default digits)")
+    evaluation.add_argument("--batch-size", type=positive_int, default=64, help="images per forward (default 64)")
+    evaluation.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    evaluation.set_defaults(func=_run_eval)
+
+    prediction = subparsers.add_parser("predict", help="top-5 classes of images",
+                                       description="Prints the top classes with probabilities for each image.")
+    prediction.add_argument("images", nargs="+", help="image files")
+    _add_model_source(prediction)
+    prediction.add_argument("--top-k", type=positive_int, default=TOP_K, help=f"classes to show (default {TOP_K})")
+    prediction.set_defaults(func=_run_predict)

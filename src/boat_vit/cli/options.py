@@ -1,0 +1,67 @@
+"""Command-line options that several commands share, and argument types with one-line errors."""
+import argparse
+import json
+from typing import Any, Callable
+
+from ..engine import AMP_DTYPES, RunOptions, default_device
+
+__all__ = [
+    "add_amp_arguments",
+    "add_device_argument",
+    "add_run_arguments",
+    "json_object",
+    "positive_int",
+]
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A JSON object (``{...}``) from the command line."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"embed_dim\": 48}}', got {text!r}")
+    return value
+
+
+def _bounded_int(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+positive_int = _bounded_int(1)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (default: cuda where available, else cpu)."""
+    parser.add_argument("--device", help=f"cpu, cuda or cuda:N (default {default_device()}); torchrun processes use "
+                                         "cuda:LOCAL_RANK")
+
+
+def add_amp_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--amp`` and ``--amp-dtype``."""
+    parser.add_argument("--amp", action="store_true", default=None,
+                        help="mixed precision: bfloat16 on CPU, float16 (with a grad scaler in training) on CUDA")
+    parser.add_argument("--amp-dtype", choices=sorted(AMP_DTYPES), help="override the mixed-precision dtype")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
+    """The :class:`~boat_vit.engine.RunOptions` of every training command."""
+    add_amp_arguments(parser)
+    add_device_argument(parser)
+    add = parser.add_argument
+    add("--seed", type=int, help=f"seed of weights, data order and augmentation (default {defaults.seed})")
+    add("--workers", type=_bounded_int(0), help=f"data loading processes per training process (default "
+                                                f"{defaults.workers})")
+    add("--resume", help="continue a run from its run directory or a last.pth checkpoint")
+    add("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
