@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import boat_vit.seg.train as seg_train
 from boat_vit.cli import main as cli_main
@@ -25,22 +25,8 @@ from boat_vit.seg.data import (
 from boat_vit.seg.inference import segment, slide_logits, sliding_windows
 from boat_vit.seg.metrics import ConfusionMatrix
 from boat_vit.seg.train import resolve_seg_config
-
-SWIN = "boat_swin_tiny_patch4_window7_224"
-CSWIN = "boat_cswin_tiny_224"
-TINY_SWIN = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
-TINY_CSWIN = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 8))
-# ADE20K label values of the generated data: 0 "other" (ignored), 1 background, 2-4 shapes -> classes 0..3
-SHAPE_COLOURS = {2: (220, 40, 40), 3: (40, 200, 60), 4: (50, 80, 230)}
-NUM_CLASSES = 4
-SIZES = ((64, 64), (80, 56))  # (width, height): square and odd-shaped images
-TRAIN_ARGS = [
-    "--num-classes", str(NUM_CLASSES), "--backbone", SWIN, "--backbone-kwargs", json.dumps(TINY_SWIN),
-    "--decoder-channels", "32", "--crop-size", "64", "--scale", "128", "64", "--ratio-range", "0.75", "1.25",
-    "--test-scale", "128", "64", "--batch-size", "4", "--lr", "2e-3", "--warmup-iters", "5", "--drop-path", "0",
-    "--workers", "0", "--no-progress", "--seed", "1",
-]
-
+from tiny_data import CSWIN, NUM_CLASSES, SHAPE_COLOURS, SWIN, TINY_CSWIN, TINY_SWIN, make_ade20k
+from tiny_data import SEG_TRAIN_ARGS as TRAIN_ARGS
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -51,44 +37,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _draw(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image, Image.Image]:
-    """A grey image with two coloured shapes (square, disc, triangle) and its ADE20K-style label map."""
-    width, height = size
-    image = Image.new("RGB", size, tuple(rng.randint(90, 140) for _ in range(3)))
-    label = Image.new("L", size, 1)
-    pen, marker = ImageDraw.Draw(image), ImageDraw.Draw(label)
-    for value in rng.sample(sorted(SHAPE_COLOURS), 2):
-        side = rng.randint(12, 24)
-        x, y = rng.randint(0, width - side), rng.randint(0, height - side)
-        box = (x, y, x + side, y + side)
-        for draw, fill in ((pen, SHAPE_COLOURS[value]), (marker, value)):
-            if value == 2:
-                draw.rectangle(box, fill=fill)
-            elif value == 3:
-                draw.ellipse(box, fill=fill)
-            else:
-                draw.polygon([(x, y + side), (x + side, y + side), (x + side // 2, y)], fill=fill)
-    marker.rectangle((0, 0, width - 1, 1), fill=0)  # a strip of "other": ignored
-    return image, label
-
-
-def make_ade20k(root: Path, train: int = 24, val: int = 6, seed: int = 0) -> Path:
-    """A small data set in the ADEChallengeData2016 layout; returns ``root``."""
-    rng = random.Random(seed)
-    base = root / "ADEChallengeData2016"
-    for split, count in (("training", train), ("validation", val)):
-        (base / "images" / split).mkdir(parents=True)
-        (base / "annotations" / split).mkdir(parents=True)
-        for i in range(count):
-            image, label = _draw(rng, SIZES[i % 2])
-            image.save(base / "images" / split / f"{split}_{i:03d}.jpg", quality=95)
-            label.save(base / "annotations" / split / f"{split}_{i:03d}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_ade20k(tmp_path_factory.mktemp("ade"))
+def shapes(ade_shapes) -> Path:
+    return ade_shapes
 
 
 @pytest.fixture(scope="module")

@@ -1,56 +1,20 @@
 """Training, evaluation and prediction: recipes, data, exact resume, distributed equality, bad input."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from boat_vit.cli import main as cli_main
 from boat_vit.checkpoint import load_checkpoint_file as load_checkpoint
 from boat_vit.classification import resolve_config
 from boat_vit.classification.data import DigitsDataset, build_datasets
 from boat_vit.engine import GlobalBatchSampler, ShardSampler
-
-# A very small BOAT-Swin: 16x16 images, patch 2, an 8x8 map with window 4 (shifted block with FSLA).
-TINY_MODEL = ["--model", "boat_swin_tiny_patch4_window7_224", "--model-kwargs",
-              json.dumps(dict(img_size=16, patch_size=2, window_size=4, embed_dim=16, depths=[2, 2],
-                              num_heads=[1, 2]))]
-TINY_RECIPE = ["--img-size", "16", "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "1", "--workers", "0",
-               "--no-progress", "--hflip", "0", "--seed", "3"]
-SHAPES = ("circle", "square")
-
-
-def _draw(shape: str, index: int) -> Image.Image:
-    image = Image.new("RGB", (16, 16), (20 * (index % 5), 0, 0))
-    draw = ImageDraw.Draw(image)
-    box = (3 + index % 3, 3, 12, 12 - index % 2)
-    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=(255, 255, 255))
-    return image
-
-
-@pytest.fixture(scope="module")
-def shapes_folder(tmp_path_factory) -> Path:
-    """ImageNet layout with two classes of drawn shapes: 24 train and 8 val images per class."""
-    root = tmp_path_factory.mktemp("shapes")
-    for split, count in (("train", 24), ("val", 8)):
-        for shape in SHAPES:
-            folder = root / split / shape
-            folder.mkdir(parents=True)
-            for i in range(count):
-                _draw(shape, i + (0 if split == "train" else 100)).save(folder / f"{i}.png")
-    return root
-
-
-def _train_args(data: Path, output: Path, epochs: int = 2, *extra: str) -> list[str]:
-    return ["train", *TINY_MODEL, *TINY_RECIPE, "--data", str(data), "--output", str(output),
-            "--epochs", str(epochs), *extra]
-
+from tiny_data import SHAPES, TINY_MODEL, train_args as _train_args
 
 def _final_weights(run: Path) -> dict:
     return load_checkpoint(run / "last.pth")["model"]
@@ -131,23 +95,6 @@ def test_eval_and_predict_commands(shapes_folder, tmp_path, capsys):
     assert sum(probabilities) == pytest.approx(100, abs=0.02)
 
 
-def test_resume_after_sigkill_is_exact(shapes_folder, tmp_path):
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    assert cli_main(_train_args(shapes_folder, reference, 3)) == 0
-    command = [sys.executable, "-m", "boat_vit", *_train_args(shapes_folder, killed, 3)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "last.pth").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert load_checkpoint(killed / "last.pth")["epoch"] < 2
-    assert cli_main(_train_args(shapes_folder, killed, 3, "--resume", str(killed))) == 0
-    _assert_same_weights(_final_weights(reference), _final_weights(killed))
-    assert json.loads((killed / "summary.json").read_text())["epochs"] == 3
-
-
 def test_two_processes_equal_one(shapes_folder, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     recipe = ("--drop-path", "0", "--label-smoothing", "0", "--color-jitter", "0", "--device", "cpu")
@@ -180,7 +127,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shapes_folder, tmp
     good = (run / "last.pth").read_bytes()
     capsys.readouterr()
     # a diverging run in the same directory: the first update with this learning rate blows the weights up
-    status = cli_main(_train_args(shapes_folder, run, 2, "--lr", "1e30", "--warmup-epochs", "0"))
+    status = cli_main(_train_args(shapes_folder, run, 2, "--lr", "1e30", "--warmup-epochs", "0", "--overwrite"))
     assert status == 2
     assert "non-finite loss at epoch 1, step 2" in capsys.readouterr().err
     assert (run / "last.pth").read_bytes() == good

@@ -24,6 +24,7 @@ import os
 import pickle
 import sys
 import tempfile
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "WeightsReport",
     "atomic_write",
+    "check_enough_loaded",
     "checkpoint_filter_for",
     "convert_checkpoint",
     "fill_missing_from_model",
@@ -48,7 +50,6 @@ __all__ = [
     "load_state_dict_file",
     "load_weights",
     "register_layout_conversion",
-    "save_atomic",
     "save_safetensors",
     "select_state_dict",
 ]
@@ -60,6 +61,9 @@ STATE_DICT_KEYS: tuple[str, ...] = ("state_dict_ema", "model_ema", "state_dict",
 SAFETENSORS_SUFFIX = ".safetensors"
 TEMPORARY_SUFFIX = ".tmp"  # of the files atomic_write renames into place
 KEYS_SHOWN = 5  # keys quoted in an error message
+# A file must give at least this share of a model's weights (in elements, the classifier aside) unless a
+# partial load is asked for: a file for another model fails instead of leaving the model at random weights.
+MIN_LOADED_FRACTION = 0.5
 YACS_CFG_NODE = "yacs.config.CfgNode"
 
 PathLike = Union[str, os.PathLike]
@@ -123,7 +127,9 @@ def load_checkpoint_file(path: PathLike, map_location: Union[str, torch.device] 
             raise CheckpointError(f"cannot read {path} as a safetensors file: {err}") from err
     _allow_safe_globals()
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         names = _unsafe_globals(path)
         if names:
@@ -131,9 +137,24 @@ def load_checkpoint_file(path: PathLike, map_location: Union[str, torch.device] 
                 f"refusing to load {path}: its pickle needs {', '.join(sorted(names))}, which is neither a "
                 "tensor nor plain data; checkpoint loading never imports or runs code named in a file"
             ) from err
-        raise CheckpointError(f"cannot read {path} as a checkpoint: {str(err).splitlines()[0]}") from err
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: its pickle holds more than tensors and plain data ({_unpickler_detail(err)}); "
+            "checkpoint loading never imports or runs code named in a file"
+        ) from err
     except Exception as err:  # not a torch.save file: bad magic number, truncated zip, garbage pickle opcodes, ...
-        raise CheckpointError(f"cannot read {path} as a checkpoint: {err}") from err
+        raise CheckpointError(f"cannot read {path} as a checkpoint: {_first_line(err)}") from err
+
+
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an error message (``type(error)`` where it has none)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+def _unpickler_detail(error: BaseException) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load the file unsafely."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    return next((line.rstrip(".") for line in lines if "GLOBAL" in line or line.startswith("Unsupported")),
+                "an object it cannot read as data")
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -194,7 +215,12 @@ def load_state_dict_file(
     Returns:
         The state dict and the key it was found under (``""``: the whole file).
     """
-    state_dict, used = select_state_dict(load_checkpoint_file(path, map_location), key)
+    try:
+        state_dict, used = select_state_dict(load_checkpoint_file(path, map_location), key)
+    except CheckpointError as error:
+        if str(path) in str(error):
+            raise
+        raise CheckpointError(f"{path}: {error}") from None
     _logger.info("Loaded the state dict %s %s", f"under {used!r} of" if used else "that is the whole of", path)
     return state_dict, used
 
@@ -264,6 +290,27 @@ def register_layout_conversion(
 # ---- writing ---------------------------------------------------------------------------------------------
 
 
+class _WriteErrorRecorder:
+    """A file wrapper that remembers the operating-system error of a failed write.
+
+    ``torch.save`` reports a failed write (a full disk) as a ``RuntimeError`` without the cause; the
+    recorded ``OSError`` names it (``errno.ENOSPC``).
+    """
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
 def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Writes ``path`` all at once: a reader sees the old file or the new one, never half of one.
 
@@ -272,12 +319,22 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
 
     Returns:
         ``path``.
+
+    Raises:
+        OSError: the file cannot be written (``errno.ENOSPC`` for a full disk, also where the writer
+            reported it otherwise).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     try:
         with os.fdopen(fd, mode) as file:
-            write(file)
+            recorder = _WriteErrorRecorder(file)
+            try:
+                write(recorder)
+            except Exception as error:
+                if recorder.error is not None and recorder.error is not error:
+                    raise recorder.error from None
+                raise
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -285,11 +342,6 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def save_atomic(obj: Any, path: PathLike) -> Path:
-    """``torch.save`` of ``obj`` to ``path`` through :func:`atomic_write`."""
-    return atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def save_safetensors(tensors: StateDict, path: PathLike, metadata: Optional[dict[str, str]] = None) -> Path:
@@ -354,7 +406,13 @@ def _classifier_keys(model: nn.Module) -> set[str]:
     return {f"{prefix}.{key}" for key in classifier.state_dict()} if prefix else set()
 
 
-def load_weights(model: nn.Module, path: PathLike, key: Optional[str] = None, reset_head: bool = False) -> WeightsReport:
+def load_weights(
+    model: nn.Module,
+    path: PathLike,
+    key: Optional[str] = None,
+    reset_head: bool = False,
+    allow_partial: bool = False,
+) -> WeightsReport:
     """Loads the weights of any supported file into ``model``: the one loader of every entry point.
 
     Supported: released BOAT files as downloaded (Swin-style ``{'model', 'config'}`` and CSWin-style
@@ -367,15 +425,20 @@ def load_weights(model: nn.Module, path: PathLike, key: Optional[str] = None, re
         path: The file.
         key: The entry holding the weights (default: EMA weights first, then ``state_dict``, then ``model``).
         reset_head: Leave the model's own classifier where the file's has another number of classes.
+        allow_partial: Accept a file that gives less than :data:`MIN_LOADED_FRACTION` of the model's
+            weights (the rest stays initial).
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
         CheckpointError: an unreadable or unsafe file, a classifier of another size without ``reset_head``,
-            or weights with no place in the model or of other shapes.
+            weights with no place in the model or of other shapes, or too few weights without
+            ``allow_partial``.
     """
     state, entry = load_state_dict_file(path, key)
     state = filter_state_dict(state, model)
     own = model.state_dict()
+    # a filter fills a branch the file lacks (FSLA from a plain Swin) with the model's own tensors: not loaded
+    state = {k: v for k, v in state.items() if k not in own or v.data_ptr() != own[k].data_ptr()}
     report = WeightsReport(path=str(path), entry=entry)
     head = _classifier_keys(model)
     other_head = [k for k in sorted(head) if k in state and state[k].shape != own[k].shape]
@@ -395,10 +458,24 @@ def load_weights(model: nn.Module, path: PathLike, key: Optional[str] = None, re
             f"{path} does not fit {_model_name(model)} (another model or size?): {len(unexpected)} unexpected tensors "
             f"{unexpected[:KEYS_SHOWN]}, {len(wrong_shape)} of other shapes {wrong_shape[:KEYS_SHOWN]}"
         )
+    check_enough_loaded(own, state, head, path, _model_name(model), allow_partial)
     model.load_state_dict(state, strict=False)
     report.loaded = [k for k in own if k in state]
     report.initial = [k for k in own if k not in state]
     return report
+
+
+def check_enough_loaded(own: StateDict, loaded: Mapping[str, Any], exempt: set[str], path: PathLike, name: str,
+                        allow_partial: bool) -> None:
+    """Raises a :class:`CheckpointError` when ``loaded`` gives less than :data:`MIN_LOADED_FRACTION` of the
+    elements of ``own`` (keys in ``exempt`` aside), unless ``allow_partial``."""
+    total = sum(v.numel() for k, v in own.items() if k not in exempt)
+    given = sum(v.numel() for k, v in own.items() if k not in exempt and k in loaded)
+    if not allow_partial and total and given < MIN_LOADED_FRACTION * total:
+        raise CheckpointError(
+            f"{path} gives only {given / total:.0%} of the weights of {name} (another model?); a partial load "
+            f"needs --partial-weights"
+        )
 
 
 def convert_checkpoint(

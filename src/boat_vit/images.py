@@ -7,12 +7,23 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-__all__ = ["load_image", "palette"]
+__all__ = ["load_image", "palette", "to_rgb"]
 
 _GOLDEN_RATIO = (math.sqrt(5) - 1) / 2  # hue step: consecutive colours land far apart on the colour circle
 _SATURATIONS = (0.95, 0.55)  # alternate every colour
 _VALUES = (1.0, 0.75)  # alternate every second colour
 UINT8_MAX = 255
+_WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit (and 32-bit integer) grey images
+_EIGHT_BITS = 8  # a 16-bit grey value keeps its top eight bits
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB; 16-bit grey images keep their top 8 bits (PIL's own conversion clips them to
+    white)."""
+    if image.mode in _WIDE_INTEGER_MODES:
+        grey = np.clip(np.asarray(image, dtype=np.int64), 0, np.iinfo(np.uint16).max) >> _EIGHT_BITS
+        image = Image.fromarray(grey.astype(np.uint8), mode="L")
+    return image.convert("RGB")
 
 
 def load_image(path: Union[str, Path]) -> Image.Image:
@@ -20,14 +31,17 @@ def load_image(path: Union[str, Path]) -> Image.Image:
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
-        ValueError: the file cannot be read as an image (named in the message).
+        ValueError: the file cannot be read as an image, or has more pixels than PIL decodes safely (named
+            in the message).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image {path} is too large to decode safely: {error}") from None
     except (OSError, ValueError) as error:  # PIL's errors for unreadable, corrupt and truncated files
         raise ValueError(f"cannot read image {path}: {error}") from None
 

@@ -17,7 +17,6 @@ Peak memory is measured for every model in a fresh process that runs the model a
   was created (:func:`~boat_vit.bench.peak_bytes`), so the interpreter and libraries do not count; freed
   blocks go back to the system at once in that process, so the resident size follows what is allocated.
 """
-import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -26,7 +25,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..engine import AMP_DTYPES, amp_dtype_for
+from ..engine import AMP_DTYPES, amp_dtype_for, parse_device
 from ..models import check_model_name, create_model
 from .macs import count_macs
 from .memory import peak_bytes, resident_bytes, run_isolated
@@ -92,28 +91,14 @@ class BenchConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.amp_dtype is not None and self.amp_dtype not in ("float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            device = None
-        if device is None or device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        device = parse_device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("CUDA is not available on this machine; use --device cpu")
 
 
 def _create_model(name: str, config: BenchConfig) -> tuple[nn.Module, tuple[int, int]]:
     """The model and its input size; ``img_size`` is a constructor argument (architecture unchanged)."""
-    kwargs = dict(config.model_kwargs)
-    if config.img_size is not None:
-        kwargs["img_size"] = config.img_size
-    try:
-        model = create_model(name, **kwargs)
-    except ValueError:
-        if config.img_size is None:
-            raise
-        del kwargs["img_size"]  # a model of any input size (e.g. a convolutional network)
-        model = create_model(name, **kwargs)
+    model = create_model(name, **{"img_size": config.img_size, **config.model_kwargs})
     size = config.img_size or config.model_kwargs.get("img_size")
     if size is not None:
         return model, timm.layers.to_2tuple(size)

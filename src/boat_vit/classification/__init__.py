@@ -1,7 +1,7 @@
 """Image classification with BOAT (and any timm) models: data, training, evaluation and prediction."""
-from .evaluate import evaluate, predict
+from .evaluate import evaluate_classifier, predict
 from .model import create_classifier, load_classifier
-from .train import PRESETS, TrainConfig, resolve_config, train
+from .train import PRESETS, TrainConfig, resolve_config, train_classifier
 
-__all__ = ["PRESETS", "TrainConfig", "create_classifier", "evaluate", "load_classifier", "predict",
-           "resolve_config", "train"]
+__all__ = ["PRESETS", "TrainConfig", "create_classifier", "evaluate_classifier", "load_classifier", "predict",
+           "resolve_config", "train_classifier"]

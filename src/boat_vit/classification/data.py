@@ -1,4 +1,5 @@
 """Classification data: the embedded handwritten digits and ImageNet-style folders."""
+import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -7,6 +8,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import has_file_allowed_extension
+
+from ..images import to_rgb
 
 __all__ = [
     "EMBEDDED_DATASETS",
@@ -58,16 +62,55 @@ class DigitsDataset(Dataset):
         return image, self.targets[index]
 
 
-class TolerantImageFolder(ImageFolder):
-    """An ImageFolder whose unreadable (corrupt or truncated) images yield ``None`` instead of raising.
+def _read_rgb(path: str) -> Image.Image:
+    """The image at ``path`` as 8-bit RGB (16-bit grey images scaled, not clipped)."""
+    with Image.open(path) as image:
+        return to_rgb(image)
 
-    :func:`collate_skipping` drops them and counts them, so a run reports them instead of crashing.
+
+class TolerantImageFolder(ImageFolder):
+    """An ImageFolder that survives real folders: unreadable images (corrupt, truncated, too large to decode
+    safely) yield ``None`` instead of raising, 16-bit images keep their contrast, and a symbolic link that
+    loops back (``self -> .``) is followed only once.
+
+    :func:`collate_skipping` drops the ``None`` samples and counts them, so a run reports them instead of crashing.
     """
+
+    def __init__(self, root, transform: Optional[Callable] = None):
+        super().__init__(root, transform=transform, loader=_read_rgb)
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        """Image files of each class folder, walked through symbolic links but through each real folder once."""
+        if is_valid_file is None:
+            def is_valid_file(path: str) -> bool:
+                return has_file_allowed_extension(path, extensions)
+        instances, empty = [], []
+        for name in sorted(class_to_idx):
+            folder = os.path.join(directory, name)
+            if not os.path.isdir(folder):
+                continue
+            visited, walked = set(), []
+            for root, folders, files in os.walk(folder, followlinks=True):
+                real = os.path.realpath(root)
+                if real in visited:
+                    folders[:] = []  # a link back into a folder already walked
+                    continue
+                visited.add(real)
+                walked.append((root, files))
+            found = [(os.path.join(root, file), class_to_idx[name]) for root, files in sorted(walked)
+                     for file in sorted(files) if is_valid_file(os.path.join(root, file))]
+            instances += found
+            if not found:
+                empty.append(name)
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}")
+        return instances
 
     def __getitem__(self, index: int):
         try:
             return super().__getitem__(index)
-        except (OSError, ValueError):  # PIL raises OSError subclasses for corrupt and truncated files
+        except (OSError, ValueError, Image.DecompressionBombError):  # PIL's errors for unreadable files
             return None
 
 

@@ -11,7 +11,7 @@ from ..engine import Distributed, ShardSampler, autocast
 from ..images import load_image
 from .data import build_eval_dataset, collate_skipping
 
-__all__ = ["TOP_K", "eval_loader", "eval_transform_for", "evaluate", "predict"]
+__all__ = ["TOP_K", "eval_loader", "eval_transform_for", "evaluate_classifier", "predict"]
 
 TOP_K = 5
 
@@ -42,7 +42,7 @@ def eval_loader(data: str, data_config: dict, world: Distributed = Distributed()
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_classifier(
     model: nn.Module,
     loader: DataLoader,
     world: Distributed = Distributed(),

@@ -5,7 +5,7 @@ from typing import Any, Optional
 import torch.nn as nn
 
 from ..checkpoint import WeightsReport, load_checkpoint_file, load_weights
-from ..models import create_model
+from ..models import check_architecture_arguments, create_model
 
 __all__ = ["create_classifier", "load_classifier"]
 
@@ -17,6 +17,7 @@ def create_classifier(
     num_classes: int,
     weights: Optional[str] = None,
     reset_head: bool = False,
+    allow_partial: bool = False,
     **kwargs: Any,
 ) -> tuple[nn.Module, Optional[WeightsReport]]:
     """A timm classifier by (checked) name, optionally filled from a weights file.
@@ -27,13 +28,15 @@ def create_classifier(
         weights: Any file :func:`boat_vit.checkpoint.load_weights` reads (released BOAT weights as
             downloaded, a training checkpoint, safetensors, a state dict).
         reset_head: Keep the fresh classifier where the file's has another number of classes.
-        **kwargs: Model keyword arguments.
+        allow_partial: Accept a file that gives less than half of the model's weights.
+        **kwargs: Model keyword arguments (``img_size`` too, for models built for an input size).
 
     Returns:
         The model and what was loaded (``None`` without ``weights``).
     """
     model = create_model(name, num_classes=num_classes, **kwargs)
-    report = load_weights(model, weights, reset_head=reset_head) if weights is not None else None
+    report = (load_weights(model, weights, reset_head=reset_head, allow_partial=allow_partial)
+              if weights is not None else None)
     return model, report
 
 
@@ -52,11 +55,14 @@ def load_classifier(
     from timm.data import resolve_data_config
 
     if checkpoint is not None:
+        if model_name is not None or weights is not None:
+            raise ValueError("--checkpoint brings its own model and weights; drop --model and --pretrained-file")
         state = load_checkpoint_file(Path(checkpoint))
-        if not isinstance(state, dict) or "class_names" not in state:
+        if not isinstance(state, dict) or not {"class_names", "model_name", "model", "data_config"} <= set(state):
             raise ValueError(f"{checkpoint} is not a classification training checkpoint (written by `boat-vit train`)")
         class_names = state["class_names"]
-        model = create_model(state["model_name"], num_classes=len(class_names), **state["model_kwargs"])
+        model_kwargs = check_architecture_arguments(state.get("model_kwargs", {}), checkpoint)
+        model = create_model(state["model_name"], num_classes=len(class_names), **model_kwargs)
         state_dict = state["model"]
         if use_ema:
             if state.get("ema") is None:
@@ -65,6 +71,9 @@ def load_classifier(
         model.load_state_dict(state_dict)
         data_config = state["data_config"]
     elif model_name is not None:
+        if weights is None:
+            raise ValueError(f"--model {model_name} needs its weights (--pretrained-file): a model with random "
+                             "weights predicts nothing")
         model, _ = create_classifier(model_name, IMAGENET_CLASSES, weights)
         class_names = [str(i) for i in range(model.num_classes)]
         data_config = resolve_data_config(model=model)

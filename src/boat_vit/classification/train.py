@@ -1,4 +1,4 @@
-"""Classification training: :func:`train` takes a :class:`TrainConfig` (``boat-vit train`` only fills it).
+"""Classification training: :func:`train_classifier` takes a :class:`TrainConfig` (``boat-vit train`` only fills it).
 
 Runs scale from one CPU process to ``torchrun --nproc_per_node N`` (DistributedDataParallel). Every epoch
 writes an atomic checkpoint and a metrics row, and ``--resume`` continues a run exactly: every epoch
@@ -18,6 +18,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..engine import (
+    AT_LEAST_ONE,
+    NOT_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    RUN_OPTION_BOUNDS,
+    Bounds,
     Distributed,
     GlobalBatchSampler,
     RunDirectory,
@@ -26,22 +32,27 @@ from ..engine import (
     ShardSampler,
     amp_dtype_for,
     autocast,
+    check_bounds,
+    check_finite,
     derive_seed,
     load_resume_checkpoint,
+    merge_resumed,
     optimizer_step,
     raise_if_non_finite,
     rng_state,
     seed_everything,
+    set_threads,
     setup_distributed,
 )
-from ..models import check_model_name
+from ..models import check_architecture_arguments, check_model_name
 from .data import build_datasets, collate_skipping
-from .evaluate import eval_transform_for, evaluate
+from .evaluate import eval_transform_for, evaluate_classifier
 from .model import create_classifier
 
-__all__ = ["PRESETS", "TrainConfig", "resolve_config", "train"]
+__all__ = ["PRESETS", "TrainConfig", "resolve_config", "train_classifier"]
 
 DIGITS_IMG_SIZE = 32
+DEFAULT_DROP_PATH = 0.1  # for models without a released rate
 METRIC_FIELDS = ("epoch", "train_loss", "lr", "val_loss", "top1", "top5", "ema_top1", "ema_top5",
                  "images_per_s", "skipped_images")
 PLOT_PANELS = (
@@ -119,11 +130,50 @@ class TrainConfig(RunOptions):
     grad_checkpointing: bool = False
     pretrained_file: Optional[str] = None  # initial weights: any file checkpoint.load_weights reads
     reset_head: bool = False
+    partial_weights: bool = False  # accept a pretrained file that gives less than half of the model
+
+    def check(self) -> None:
+        """Raises a ValueError naming the first option that cannot run."""
+        check_bounds(self, {**RUN_OPTION_BOUNDS, **_BOUNDS})
+        if not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"--model-kwargs must be a JSON object, got {self.model_kwargs!r}")
+        if len(self.scale) != 2 or self.scale[0] > self.scale[1]:
+            raise ValueError(f"--scale must be two values, low <= high, got {self.scale!r}")
+        if self.resume and (self.pretrained_file or self.overwrite):
+            raise ValueError("--resume continues a run with its own weights; drop --pretrained-file and --overwrite")
+
+
+_BOUNDS = dict(
+    img_size=AT_LEAST_ONE, epochs=AT_LEAST_ONE, batch_size=AT_LEAST_ONE, accum_steps=AT_LEAST_ONE, lr=POSITIVE,
+    base_lr=POSITIVE, lr_base_batch=AT_LEAST_ONE, min_lr=NOT_NEGATIVE, warmup_lr=NOT_NEGATIVE,
+    warmup_epochs=NOT_NEGATIVE, cooldown_epochs=NOT_NEGATIVE, weight_decay=NOT_NEGATIVE, clip_grad=POSITIVE,
+    label_smoothing=Bounds(0, 1, high_open=True), mixup=NOT_NEGATIVE, cutmix=NOT_NEGATIVE, color_jitter=NOT_NEGATIVE,
+    hflip=PROBABILITY, scale=Bounds(0, 1, low_open=True), reprob=PROBABILITY, crop_pct=Bounds(0, 1, low_open=True),
+    drop_path=Bounds(0, 1, high_open=True), ema_decay=Bounds(0, 1, low_open=True, high_open=True),
+)
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
 def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored)."""
+    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored).
+
+    With ``resume``, the options are those the run started with (read from its checkpoint); an explicit
+    option that would change what the run computes is an error, run options (:data:`RUN_OPTIONS`) apply.
+
+    Raises:
+        ValueError: unknown options or presets, values out of range, or options a resumed run cannot take.
+    """
     values = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(values) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown training options: {sorted(unknown)}")
+    if values.get("resume") is not None:
+        TrainConfig(**values).check()  # the options given, before they meet the run's
+        saved = load_resume_checkpoint(values["resume"])["config"]
+        config = TrainConfig(**merge_resumed(saved, values, values["resume"], _FIELDS))
+        config.model_kwargs = check_architecture_arguments(config.model_kwargs, values["resume"])
+        config.check()
+        return config
     preset = values.get("preset")
     merged: dict[str, Any] = {}
     if preset is not None:
@@ -137,14 +187,12 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
         if preset in _DROP_PATH and size:
             merged["drop_path"] = _DROP_PATH[preset][size]
     merged.update(values)
-    unknown = set(merged) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        raise ValueError(f"unknown training options: {sorted(unknown)}")
     config = TrainConfig(**merged)
+    config.check()
     if config.lr is None:
         config.lr = config.base_lr * config.batch_size / config.lr_base_batch
     if config.drop_path is None:
-        config.drop_path = 0.1
+        config.drop_path = DEFAULT_DROP_PATH
     return config
 
 
@@ -156,11 +204,15 @@ def _transforms(config: TrainConfig):
     data_config = resolve_data_config(overrides, pretrained_cfg=get_pretrained_cfg(config.model).to_dict())
     if config.crop_pct is not None:
         data_config["crop_pct"] = config.crop_pct
-    train_transform = create_transform(
-        data_config["input_size"], is_training=True, scale=tuple(config.scale), hflip=config.hflip,
-        color_jitter=config.color_jitter, auto_augment=config.auto_augment, interpolation="bicubic",
-        mean=data_config["mean"], std=data_config["std"], re_prob=config.reprob,
-    )
+    try:
+        train_transform = create_transform(
+            data_config["input_size"], is_training=True, scale=tuple(config.scale), hflip=config.hflip,
+            color_jitter=config.color_jitter, auto_augment=config.auto_augment, interpolation="bicubic",
+            mean=data_config["mean"], std=data_config["std"], re_prob=config.reprob,
+        )
+    except (AssertionError, KeyError, ValueError, IndexError):  # timm asserts on a policy it cannot parse
+        raise ValueError(f"--auto-augment {config.auto_augment!r} is not a timm augmentation policy (e.g. "
+                         "rand-m9-mstd0.5-inc1, augmix-m5-w3, original, v0, 3a)") from None
     return train_transform, eval_transform_for(data_config), data_config
 
 
@@ -186,38 +238,49 @@ def _check_batching(config: TrainConfig, world: Distributed) -> int:
     return config.batch_size // config.accum_steps  # images per micro-step over all processes
 
 
-def train(config: TrainConfig) -> dict:
+def train_classifier(config: TrainConfig) -> dict:
     """Trains (or resumes) a classifier as ``config`` says; returns the summary written to ``summary.json``."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
     start_time = time.time()
+    config.check()
     world = setup_distributed(config.device)
     try:
+        set_threads(config.threads, config.workers, world.local_world_size)
         micro_batch = _check_batching(config, world)
         seed_everything(config.seed)
-        run = RunDirectory(config.output) if world.is_main else None
+        run = (RunDirectory(config.output, resume=config.resume is not None, overwrite=config.overwrite)
+               if world.is_main else None)
         resume_state = _resume_state(config)
 
         check_model_name(config.model)
         train_transform, eval_transform, data_config = _transforms(config)
         train_set, val_set = build_datasets(config.data, train_transform, eval_transform)
         class_names = list(train_set.classes)
-        model, weights = create_classifier(config.model, len(class_names), config.pretrained_file, config.reset_head,
-                                           drop_path_rate=config.drop_path, **config.model_kwargs)
+        if resume_state is not None and resume_state["class_names"] != class_names:
+            raise ValueError(f"the classes of {config.data} ({len(class_names)}) differ from those of the resumed "
+                             f"run ({len(resume_state['class_names'])})")
+        weights_file = config.pretrained_file if resume_state is None else None
+        model_kwargs = {"img_size": config.img_size, **config.model_kwargs}  # explicit model arguments first
+        model, weights = create_classifier(config.model, len(class_names), weights_file, config.reset_head,
+                                           config.partial_weights, drop_path_rate=config.drop_path, **model_kwargs)
         if weights is not None and world.is_main:
             print(weights.summary())
         if config.grad_checkpointing:
             model.set_grad_checkpointing(True)
         model.to(world.device)
 
+        # The loaders draw their worker seeds from their own generators, never from the global RNG: the model's
+        # random stream (drop path) is then the same for any number of workers and after a resume.
         sampler = GlobalBatchSampler(len(train_set), micro_batch, world.rank, world.world_size, config.seed)
         train_loader = DataLoader(SeededSamples(train_set), batch_sampler=sampler, num_workers=config.workers,
-                                  collate_fn=collate_skipping, persistent_workers=config.workers > 0)
+                                  collate_fn=collate_skipping, persistent_workers=config.workers > 0,
+                                  generator=torch.Generator())
         val_loader = DataLoader(val_set, batch_size=max(1, micro_batch // world.world_size),
                                 sampler=ShardSampler(len(val_set), world.rank, world.world_size),
-                                num_workers=config.workers, collate_fn=collate_skipping)
+                                num_workers=config.workers, collate_fn=collate_skipping, generator=torch.Generator())
         updates_per_epoch = len(sampler) // config.accum_steps
         if updates_per_epoch == 0:
             raise ValueError(f"fewer than {config.accum_steps} batches per epoch: lower --accum-steps")
@@ -251,10 +314,13 @@ def train(config: TrainConfig) -> dict:
                 ddp_model, model, train_loader, optimizer, scheduler, scaler, ema, mixup, criterion, config,
                 world, amp_dtype, epoch, total_epochs, updates_per_epoch,
             )
-            metrics = evaluate(model, val_loader, world, amp_dtype, progress=config.progress and world.is_main,
+            metrics = evaluate_classifier(model, val_loader, world, amp_dtype, progress=config.progress and world.is_main,
                                description=f"eval {epoch + 1}/{total_epochs}")
-            ema_metrics = (evaluate(ema.module, val_loader, world, amp_dtype, progress=False)
+            ema_metrics = (evaluate_classifier(ema.module, val_loader, world, amp_dtype, progress=False)
                            if ema is not None else None)
+            check_finite(metrics["loss"], f"validation loss at epoch {epoch + 1}", config.output)
+            if ema_metrics is not None:
+                check_finite(ema_metrics["loss"], f"EMA validation loss at epoch {epoch + 1}", config.output)
             row = dict(epoch=epoch, train_loss=epoch_stats["loss"], lr=epoch_stats["lr"], val_loss=metrics["loss"],
                        top1=metrics["top1"], top5=metrics["top5"],
                        ema_top1=ema_metrics["top1"] if ema_metrics else None,
@@ -295,11 +361,13 @@ def train(config: TrainConfig) -> dict:
 
 
 def _resume_state(config: TrainConfig) -> Optional[dict]:
+    """The checkpoint to continue from; its options must be ``config``'s (run options aside)."""
     if config.resume is None:
         return None
     state = load_resume_checkpoint(config.resume)
-    if state["model_name"] != config.model:
-        raise ValueError(f"{config.resume} was trained as {state['model_name']!r}, not {config.model!r}")
+    if "class_names" not in state:
+        raise ValueError(f"{config.resume} is not a classification run (written by `boat-vit train`)")
+    merge_resumed(state["config"], dataclasses.asdict(config), config.resume, _FIELDS)
     return state
 
 

@@ -3,39 +3,62 @@
 The top of the package: every command is a thin shell over importable functions, and nothing in the
 package imports this one. Commands are grouped by task: :mod:`.classification` (train, eval, predict),
 :mod:`.segmentation` (seg-train, seg-eval, seg-predict) and :mod:`.tools` (convert, bench, show-clusters).
+
+Bad input never ends in a traceback: it is one line, ``boat-vit COMMAND: error: ...`` naming the option,
+file or value at fault, and exit status 2.
 """
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from ..engine import NonFiniteLossError
 from . import classification, segmentation, tools
+from .options import USAGE_ERROR
 
 __all__ = ["USAGE_ERROR", "build_parser", "main"]
 
-USAGE_ERROR = 2  # exit status of bad input, as argparse's
+INTERRUPTED = 130  # exit status after Ctrl-C, as shells report SIGINT
+
+# What a command raises for bad input or a run that cannot go on; anything else is a bug and keeps its traceback.
+USER_ERRORS = (OSError, ValueError, NonFiniteLossError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``PROG: error: MESSAGE (see PROG --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``boat-vit`` parser with every sub-command."""
-    parser = argparse.ArgumentParser(
-        prog="boat-vit", description="BOAT vision transformers: models, weights, training and tools."
-    )
+    parser = OneLineParser(prog="boat-vit", description="BOAT vision transformers: models, weights, training and "
+                                                        "tools.")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for group in (classification, segmentation, tools):
         group.add_parsers(subparsers)
+    for command in subparsers.choices.values():
+        command.set_defaults(prog=command.prog)  # errors name the command
     return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs ``boat-vit`` with ``argv`` (default: the process arguments); returns the exit status.
 
-    Bad input (missing files, wrong values, a diverging run) ends with a one-line message and status 2.
+    Bad input (missing or unreadable files, wrong values, a diverging run) ends with a one-line message and
+    status 2.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (FileNotFoundError, FileExistsError, ValueError, NonFiniteLossError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        print(f"{args.prog}: error: {_one_line(error)}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"{args.prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED

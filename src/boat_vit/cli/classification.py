@@ -1,11 +1,29 @@
 """``boat-vit train``, ``eval`` and ``predict``: shells over :mod:`boat_vit.classification`."""
 import argparse
-import warnings
+import sys
 
-from ..classification import PRESETS, TrainConfig, evaluate, load_classifier, predict, resolve_config, train
+from ..classification import (
+    PRESETS,
+    TrainConfig,
+    evaluate_classifier,
+    load_classifier,
+    predict,
+    resolve_config,
+    train_classifier,
+)
 from ..classification.evaluate import TOP_K, eval_loader
-from ..engine import amp_dtype_for, default_device, setup_distributed
-from .options import add_amp_arguments, add_device_argument, add_run_arguments, json_object, positive_int
+from ..engine import amp_dtype_for, default_device, parse_device, set_threads, setup_distributed
+from .options import (
+    USAGE_ERROR,
+    add_amp_arguments,
+    add_device_argument,
+    add_run_arguments,
+    add_threads_argument,
+    json_object,
+    non_negative_int,
+    options_of,
+    positive_int,
+)
 
 __all__ = ["add_parsers"]
 
@@ -14,8 +32,8 @@ class _Deprecated(argparse.Action):
     """Stores the value under the new option's name and warns that the spelling is deprecated."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        warnings.warn(f"{option_string} is deprecated; use --{self.dest.replace('_', '-')}", FutureWarning,
-                      stacklevel=2)
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use --{self.dest.replace('_', '-')}",
+              file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 
@@ -62,10 +80,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--initial-checkpoint", dest="pretrained_file", action=_Deprecated, help=argparse.SUPPRESS)
     add("--reset-head", action="store_true", default=None, help="with --pretrained-file: start the classifier "
                                                                 "afresh when its class count differs")
+    add("--partial-weights", action="store_true", default=None, help="with --pretrained-file: accept a file that "
+                                                                     "gives less than half of the model's weights")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    summary = train(resolve_config({k: v for k, v in vars(args).items() if k != "func"}))
+    summary = train_classifier(resolve_config(options_of(args)))
     if summary.get("output"):
         print(f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch'] + 1}), final top-1 "
               f"{summary['final_top1']:.2f}%; results in {summary['output']}/ "
@@ -76,11 +96,12 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     world = setup_distributed(args.device or default_device())
     try:
+        set_threads(args.threads, args.workers, world.local_world_size)
         model, class_names, data_config = load_classifier(args.checkpoint, args.model, args.pretrained_file, args.ema)
         loader = eval_loader(args.data, data_config, world, args.batch_size, args.workers,
                              class_names if args.checkpoint else None)
         amp_dtype = amp_dtype_for(world.device, bool(args.amp), args.amp_dtype)
-        metrics = evaluate(model.to(world.device), loader, world, amp_dtype, progress=world.is_main)
+        metrics = evaluate_classifier(model.to(world.device), loader, world, amp_dtype, progress=world.is_main)
         if world.is_main:
             print(f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
                   f"({metrics['count']} images, {metrics['skipped']} unreadable skipped)")
@@ -90,17 +111,24 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    import torch
-
-    device = torch.device(args.device or default_device())
+    """Prints the top classes of every readable image; an unreadable one gets a line on stderr (status 2)."""
+    device = parse_device(args.device or default_device())
+    set_threads(args.threads)
     model, class_names, data_config = load_classifier(args.checkpoint, args.model, args.pretrained_file, args.ema)
     amp_dtype = amp_dtype_for(device, bool(args.amp), args.amp_dtype)
-    results = predict(model.to(device), class_names, data_config, args.images, args.top_k, amp_dtype)
-    for path, top in zip(args.images, results):
+    model.to(device)
+    unreadable = 0
+    for path in args.images:
+        try:
+            (top,) = predict(model, class_names, data_config, [path], args.top_k, amp_dtype)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"{args.prog}: error: {error}", file=sys.stderr)
+            unreadable += 1
+            continue
         print(path)
         for name, probability in top:
             print(f"  {probability:7.2%}  {name}")
-    return 0
+    return USAGE_ERROR if unreadable else 0
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
@@ -110,11 +138,12 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     add_device_argument(parser)
     add_amp_arguments(parser)
+    add_threads_argument(parser)
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Adds ``train``, ``eval`` and ``predict``."""
-    from ..classification import train as train_module
+    from ..classification import train as train_module  # the module: its docstring is the help text
 
     parser = subparsers.add_parser("train", help="train a classifier", description=train_module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,7 +157,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     evaluation.add_argument("--data", default="digits", help="'digits' (embedded test split), a folder with val/, "
                                                              "or a folder of class sub-folders (default digits)")
     evaluation.add_argument("--batch-size", type=positive_int, default=64, help="images per forward (default 64)")
-    evaluation.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    evaluation.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (default 2)")
     evaluation.set_defaults(func=_run_eval)
 
     prediction = subparsers.add_parser("predict", help="top-5 classes of images",

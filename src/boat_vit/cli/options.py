@@ -9,9 +9,22 @@ __all__ = [
     "add_amp_arguments",
     "add_device_argument",
     "add_run_arguments",
+    "add_threads_argument",
+    "USAGE_ERROR",
     "json_object",
+    "non_negative_int",
+    "options_of",
+    "positive_float",
     "positive_int",
 ]
+
+
+COMMAND_KEYS = ("func", "prog")  # what the parser adds besides the options
+
+
+def options_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options of a command, without the parser's own entries."""
+    return {k: v for k, v in vars(args).items() if k not in COMMAND_KEYS}
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -40,6 +53,26 @@ def _bounded_int(minimum: int) -> Callable[[str], int]:
 
 
 positive_int = _bounded_int(1)
+non_negative_int = _bounded_int(0)
+USAGE_ERROR = 2  # exit status of bad input, as argparse's
+
+
+def positive_float(text: str) -> float:
+    """A number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` (default: the cores this process may use, less its data workers)."""
+    parser.add_argument("--threads", type=positive_int, help="intra-op CPU threads (default: the cores this process "
+                                                              "may use, by affinity and cgroup quota, less its data "
+                                                              "workers; OMP_NUM_THREADS also sets it)")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +94,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> 
     add_device_argument(parser)
     add = parser.add_argument
     add("--seed", type=int, help=f"seed of weights, data order and augmentation (default {defaults.seed})")
-    add("--workers", type=_bounded_int(0), help=f"data loading processes per training process (default "
+    add("--workers", type=non_negative_int, help=f"data loading processes per training process (default "
                                                 f"{defaults.workers})")
-    add("--resume", help="continue a run from its run directory or a last.pth checkpoint")
+    add_threads_argument(parser)
+    add("--resume", help="continue a run from its run directory or a last.pth checkpoint, with the options it "
+                         "started with (only run options such as --workers, --threads, --device may change)")
+    add("--overwrite", action="store_true", default=None, help="start afresh in an --output folder that holds a "
+                                                               "run (its files are replaced as the new run writes)")
     add("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")

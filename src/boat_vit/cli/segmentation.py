@@ -3,12 +3,22 @@ import argparse
 import json
 from pathlib import Path
 
-from ..engine import amp_dtype_for, default_device, setup_distributed
+from ..engine import amp_dtype_for, default_device, parse_device, set_threads, setup_distributed
 from ..seg import evaluate_segmentation, load_segmenter, predict_images, resolve_seg_config, train_segmentation
 from ..seg.evaluate import InferenceOptions, eval_loader, format_scores
 from ..seg.inference import as_pair
 from ..seg.train import PRESETS, SegTrainConfig
-from .options import add_amp_arguments, add_device_argument, add_run_arguments, json_object
+from .options import (
+    add_amp_arguments,
+    add_device_argument,
+    add_run_arguments,
+    add_threads_argument,
+    json_object,
+    non_negative_int,
+    options_of,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["add_parsers"]
 
@@ -68,10 +78,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "--crop-size (default whole)")
     add("--eval-stride", type=int, nargs="+", help="sliding window stride, one or two ints (default 341)")
     add_run_arguments(parser, defaults)
+    add("--partial-weights", action="store_true", default=None, help="with --backbone-weights: accept a file that "
+                                                                     "gives less than half of the backbone's weights")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    summary = train_segmentation(resolve_seg_config({k: v for k, v in vars(args).items() if k != "func"}))
+    summary = train_segmentation(resolve_seg_config(options_of(args)))
     if summary:
         print(f"best mIoU {summary['best_miou']:.2f} at iteration {summary['best_iteration']} (final "
               f"{summary['final_miou']:.2f}); run directory {summary['output']}/")
@@ -82,9 +94,9 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of :class:`InferenceOptions` (shared with ``seg-train``'s evaluation)."""
     add = parser.add_argument
     add("--mode", choices=["whole", "slide"], default="whole", help="whole-image or sliding-window inference")
-    add("--crop-size", type=int, nargs="+", default=[512], help="sliding window size: one or two (H W) ints")
-    add("--stride", type=int, nargs="+", default=[341], help="sliding window stride: one or two (H W) ints")
-    add("--scales", type=float, nargs="+", default=[1.0], help="test scale factors, e.g. 0.5 0.75 1 1.25 1.5 "
+    add("--crop-size", type=positive_int, nargs="+", default=[512], help="sliding window size: one or two (H W) ints")
+    add("--stride", type=positive_int, nargs="+", default=[341], help="sliding window stride: one or two (H W) ints")
+    add("--scales", type=positive_float, nargs="+", default=[1.0], help="test scale factors, e.g. 0.5 0.75 1 1.25 1.5 "
                                                                  "1.75 (multi-scale; softmax outputs averaged)")
     add("--flip", action="store_true", help="also predict the horizontally flipped image")
 
@@ -96,6 +108,7 @@ def _inference_options(args: argparse.Namespace) -> InferenceOptions:
 def _run_eval(args: argparse.Namespace) -> int:
     world = setup_distributed(args.device or default_device())
     try:
+        set_threads(args.threads, args.workers, world.local_world_size)
         segmenter = load_segmenter(args.checkpoint, world.device)
         loader = eval_loader(args.data, args.split, segmenter.spec, segmenter.transform, world, args.workers)
         amp_dtype = amp_dtype_for(world.device, bool(args.amp), args.amp_dtype)
@@ -112,9 +125,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    import torch
-
-    device = torch.device(args.device or default_device())
+    device = parse_device(args.device or default_device())
+    set_threads(args.threads)
     segmenter = load_segmenter(args.checkpoint, device)
     amp_dtype = amp_dtype_for(device, bool(args.amp), args.amp_dtype)
     for label_path, overlay_path in predict_images(segmenter, args.images, Path(args.output), _inference_options(args),
@@ -127,6 +139,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a seg-train checkpoint (best.pth / last.pth)")
     add_device_argument(parser)
     add_amp_arguments(parser)
+    add_threads_argument(parser)
     _add_inference_arguments(parser)
 
 
@@ -147,7 +160,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     evaluation.add_argument("--data", required=True, help="data root (ADEChallengeData2016 layout: images/ and "
                                                           "annotations/ with training/ and validation/)")
     evaluation.add_argument("--split", default="validation", help="split to evaluate (default validation)")
-    evaluation.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    evaluation.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (default 2)")
     evaluation.add_argument("--json", help="also write the scores to this JSON file")
     evaluation.set_defaults(func=_run_eval)
 

@@ -1,7 +1,7 @@
 """The run engine that classification and segmentation training share: processes, seeds and samplers,
 mixed precision, the optimizer step, the non-finite guard and the run directory with exact resume."""
-from .distributed import Distributed, setup_distributed
-from .run_directory import Panels, RunDirectory, load_resume_checkpoint
+from .distributed import Distributed, parse_device, setup_distributed
+from .run_directory import Panels, RunDirectory, RunDirectoryError, load_resume_checkpoint
 from .sampling import (
     SEED_STRIDE,
     GlobalBatchSampler,
@@ -11,11 +11,22 @@ from .sampling import (
     derive_seed,
     seed_everything,
 )
+from .threads import default_threads, set_threads, usable_cores
 from .training import (
     AMP_DTYPES,
+    AT_LEAST_ONE,
+    NOT_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    RUN_OPTION_BOUNDS,
+    RUN_OPTIONS,
+    Bounds,
     NonFiniteLossError,
     RunOptions,
     amp_dtype_for,
+    check_bounds,
+    check_finite,
+    merge_resumed,
     autocast,
     default_device,
     optimizer_step,
@@ -25,24 +36,39 @@ from .training import (
 
 __all__ = [
     "AMP_DTYPES",
+    "AT_LEAST_ONE",
+    "NOT_NEGATIVE",
+    "POSITIVE",
+    "PROBABILITY",
+    "RUN_OPTIONS",
+    "RUN_OPTION_BOUNDS",
     "SEED_STRIDE",
+    "Bounds",
     "Distributed",
     "GlobalBatchSampler",
     "NonFiniteLossError",
     "Panels",
     "ResumedBatches",
     "RunDirectory",
+    "RunDirectoryError",
     "RunOptions",
     "SeededSamples",
     "ShardSampler",
     "amp_dtype_for",
     "autocast",
+    "check_bounds",
+    "check_finite",
     "default_device",
+    "default_threads",
     "derive_seed",
     "load_resume_checkpoint",
+    "merge_resumed",
     "optimizer_step",
+    "parse_device",
     "raise_if_non_finite",
     "rng_state",
     "seed_everything",
+    "set_threads",
     "setup_distributed",
+    "usable_cores",
 ]

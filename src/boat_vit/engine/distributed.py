@@ -5,16 +5,17 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "setup_distributed"]
+__all__ = ["Distributed", "parse_device", "setup_distributed"]
 
 
 @dataclass(frozen=True)
 class Distributed:
-    """Where this process sits: rank, world size and its device."""
+    """Where this process sits: rank, world size, processes on its machine and its device."""
 
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    local_world_size: int = 1
 
     @property
     def enabled(self) -> bool:
@@ -41,6 +42,21 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def parse_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device`` of a supported kind (``cpu``, ``cuda``, ``cuda:N``).
+
+    Raises:
+        ValueError: anything else, named.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    return parsed
+
+
 def setup_distributed(device: str) -> Distributed:
     """Joins the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1), else a single process.
 
@@ -48,7 +64,7 @@ def setup_distributed(device: str) -> Distributed:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under ``torchrun`` CUDA processes use ``LOCAL_RANK``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    requested = torch.device(device)
+    requested = parse_device(device)
     if requested.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available (use --device cpu)")
     if world_size <= 1:
@@ -59,4 +75,5 @@ def setup_distributed(device: str) -> Distributed:
         requested = torch.device("cuda", local_rank)
         torch.cuda.set_device(requested)
     dist.init_process_group(backend="nccl" if requested.type == "cuda" else "gloo")
-    return Distributed(rank=rank, world_size=world_size, device=requested)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    return Distributed(rank=rank, world_size=world_size, device=requested, local_world_size=local_world_size)

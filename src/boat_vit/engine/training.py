@@ -1,9 +1,10 @@
-"""What every training run shares: its common options, mixed precision, the optimizer step and the
-non-finite guard."""
+"""What every training run shares: its common options and their checks, continuing a run with the same
+options, mixed precision, the optimizer step and the non-finite guard."""
+import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import ContextManager, Optional
+from typing import Any, ContextManager, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,8 +14,13 @@ from .distributed import Distributed
 
 __all__ = [
     "AMP_DTYPES",
+    "RUN_OPTIONS",
+    "Bounds",
     "NonFiniteLossError",
     "RunOptions",
+    "check_bounds",
+    "check_finite",
+    "merge_resumed",
     "amp_dtype_for",
     "autocast",
     "default_device",
@@ -40,8 +46,93 @@ class RunOptions:
     device: str = default_device()
     seed: int = 0
     workers: int = 2
+    threads: Optional[int] = None  # intra-op threads; default: engine.threads.default_threads
     resume: Optional[str] = None
+    overwrite: bool = False  # replace a run already in the output folder
     progress: bool = True
+
+
+# Options that may differ when a run continues (--resume): where and how it runs, not what it computes.
+RUN_OPTIONS = ("resume", "overwrite", "output", "device", "workers", "threads", "progress")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values an option may take: ``low`` and ``high`` (``None``: unbounded), each included unless open."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below and not (isinstance(value, float) and math.isnan(value))
+
+    def __str__(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        return " and ".join(part for part in (low, high) if part)
+
+
+AT_LEAST_ONE = Bounds(1)
+NOT_NEGATIVE = Bounds(0)
+POSITIVE = Bounds(0, low_open=True)
+PROBABILITY = Bounds(0, 1)
+RUN_OPTION_BOUNDS = dict(workers=NOT_NEGATIVE, threads=AT_LEAST_ONE)
+
+
+def check_bounds(config: Any, bounds: Mapping[str, Bounds]) -> None:
+    """Raises a ValueError naming the first option of ``config`` (a dataclass) outside its ``bounds``."""
+    for name, allowed in bounds.items():
+        values = getattr(config, name)
+        for value in values if isinstance(values, (tuple, list)) else (values,):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not allowed.admits(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {values!r}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def merge_resumed(saved: Mapping[str, Any], explicit: Mapping[str, Any], source: str,
+                  fields: Sequence[str]) -> dict[str, Any]:
+    """The options of a resumed run: those it was started with, the run options of ``explicit`` on top.
+
+    A run continues exactly only with the options it started with, so an explicit option other than a
+    :data:`RUN_OPTIONS` one must equal the saved value.
+
+    Args:
+        saved: The options stored in the run's checkpoint.
+        explicit: The options given now (``None`` values are not given).
+        source: The checkpoint, for messages.
+        fields: The option names of the configuration.
+
+    Raises:
+        ValueError: an option differs from the saved run's.
+    """
+    changed = [f"--{k.replace('_', '-')} {v!r} (the run has {saved.get(k)!r})" for k, v in explicit.items()
+               if v is not None and k not in RUN_OPTIONS and not _same(v, saved.get(k))]
+    if changed:
+        raise ValueError(f"--resume {source} continues a run with its own options; these differ: {'; '.join(changed)}"
+                         " (drop them, or start a new run)")
+    merged = {k: v for k, v in saved.items() if k in fields}
+    merged.update({k: v for k, v in explicit.items() if v is not None and k in RUN_OPTIONS})
+    return merged
+
+
+def check_finite(value: float, what: str, output: str) -> None:
+    """Raises :class:`NonFiniteLossError` for a NaN or infinite evaluation ``value``."""
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"non-finite {what}; the run stopped before saving it and the last good checkpoint in {output} is "
+            "intact (try a lower --lr, --clip-grad or no --amp)"
+        )
 
 
 class NonFiniteLossError(RuntimeError):

@@ -19,6 +19,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..images import load_image
+
 __all__ = [
     "ADE20K_CLASSES",
     "DataError",
@@ -26,6 +28,7 @@ __all__ = [
     "EvalTransform",
     "SegmentationFolder",
     "TrainAugmentation",
+    "check_samples",
     "checked_batches",
     "collate_segmentation",
     "dataset_spec",
@@ -64,6 +67,7 @@ CONTRAST_RANGE = (0.5, 1.5)
 SATURATION_RANGE = (0.5, 1.5)
 HUE_DELTA = 18 / 180  # OpenCV hue units (0..180) as a fraction of the colour circle
 CROP_TRIES = 10  # attempts at a crop that no single class dominates (cat_max_ratio)
+CHECK_BATCH = 64  # samples per batch when every sample is checked before training
 
 
 @dataclass(frozen=True)
@@ -180,18 +184,34 @@ class SegmentationFolder(Dataset):
         Raises:
             ValueError: unreadable files, different sizes or label values outside the classes.
         """
+        image = load_image(self.samples[index][0])
+        return image, self._label(index, image.size)
+
+    def check(self, index: int) -> Optional[str]:
+        """What is wrong with sample ``index`` (``None``: nothing); reads only the image's header."""
+        image_path = self.samples[index][0]
+        try:
+            with Image.open(image_path) as image:
+                size = image.size
+            self._label(index, size)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            return str(error) if isinstance(error, ValueError) else f"cannot read image {image_path}: {error}"
+        return None
+
+    def _label(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
+        """The label map of sample ``index`` (classes and ignore index), checked against the image's size."""
         image_path, label_path = self.samples[index]
         try:
-            image = Image.open(image_path).convert("RGB")
-            label_image = Image.open(label_path)
-            label = np.asarray(label_image, dtype=np.int64)
-        except OSError as error:
-            raise ValueError(f"cannot read sample {self.names[index]}: {error}") from None
+            with Image.open(label_path) as label_image:
+                label = np.asarray(label_image, dtype=np.int64)
+                mode, size = label_image.mode, label_image.size
+        except (OSError, Image.DecompressionBombError) as error:
+            raise ValueError(f"cannot read label map {label_path}: {error}") from None
         if label.ndim != 2:
-            raise ValueError(f"label map {label_path} is not single-channel (PIL mode {label_image.mode})")
-        if image.size != label_image.size:
-            raise ValueError(f"image {image_path} is {image.size[0]}x{image.size[1]} but its label map "
-                             f"{label_path} is {label_image.size[0]}x{label_image.size[1]}")
+            raise ValueError(f"label map {label_path} is not single-channel (PIL mode {mode})")
+        if image_size != size:
+            raise ValueError(f"image {image_path} is {image_size[0]}x{image_size[1]} but its label map "
+                             f"{label_path} is {size[0]}x{size[1]}")
         spec = self.spec
         if spec.reduce_zero_label:  # 0 ("other") is ignored, classes shift down by one, ignored stays ignored
             label = np.where((label == 0) | (label == spec.ignore_index), spec.ignore_index, label - 1)
@@ -204,7 +224,7 @@ class SegmentationFolder(Dataset):
                 f"{' ...' if bad.size > NAMES_SHOWN else ''} (allowed: {shift}..{spec.num_classes - 1 + shift} "
                 f"and the ignore index {spec.ignore_index})"
             )
-        return image, label
+        return label
 
     def __getitem__(self, index: int):
         try:
@@ -221,6 +241,35 @@ def collate_segmentation(batch: Sequence) -> Union[tuple[torch.Tensor, torch.Ten
         return errors[0]
     images, labels, names = zip(*batch)
     return torch.stack(images), torch.stack(labels), list(names)
+
+
+class _SampleChecks(Dataset):
+    """``check(index)`` of every sample of a :class:`SegmentationFolder`, for a DataLoader's workers."""
+
+    def __init__(self, folder: "SegmentationFolder"):
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> Optional[str]:
+        return self.folder.check(index)
+
+
+def check_samples(folder: "SegmentationFolder", workers: int = 0) -> None:
+    """Reads every label map of ``folder`` (and each image's header) before a run uses them.
+
+    Raises:
+        ValueError: the problems found (the first few, and how many samples have one).
+    """
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_SampleChecks(folder), batch_size=CHECK_BATCH, num_workers=workers, collate_fn=list,
+                        generator=torch.Generator())
+    problems = [problem for batch in loader for problem in batch if problem is not None]
+    if problems:
+        more = f" (and {len(problems) - 1} more samples with problems)" if len(problems) > 1 else ""
+        raise ValueError(f"{problems[0]}{more}")
 
 
 def checked_batches(loader: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:

@@ -1,4 +1,6 @@
 """Segmentation evaluation (mIoU over a data set) and prediction (label maps and overlays of image files)."""
+import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,9 +19,11 @@ from .inference import segment
 from .metrics import ConfusionMatrix, SegmentationScores
 from .model import PALETTE_SIZE, Segmenter
 
-__all__ = ["InferenceOptions", "eval_loader", "evaluate_segmentation", "format_scores", "predict_images"]
+__all__ = ["InferenceOptions", "eval_loader", "evaluate_segmentation", "format_scores", "output_stems",
+           "predict_images"]
 
 OVERLAY_ALPHA = 0.5
+INFERENCE_MODES = ("whole", "slide")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,14 @@ class InferenceOptions:
     stride: tuple[int, int] = (341, 341)
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
+
+    def __post_init__(self):
+        if self.mode not in INFERENCE_MODES:
+            raise ValueError(f"--mode must be one of {INFERENCE_MODES}, got {self.mode!r}")
+        if self.mode == "slide" and any(not 1 <= step <= size for step, size in zip(self.stride, self.crop)):
+            raise ValueError(f"--stride {list(self.stride)} must be between 1 and --crop-size {list(self.crop)}")
+        if not self.scales or any(not scale > 0 for scale in self.scales):
+            raise ValueError(f"--scales must be positive, got {list(self.scales)}")
 
     def __call__(self, model: nn.Module, images: torch.Tensor, num_classes: int, out_size: Sequence[int]):
         return segment(model, images, num_classes, out_size, self.mode, self.crop, self.stride, self.scales, self.flip)
@@ -49,17 +61,20 @@ def evaluate_segmentation(
 ) -> SegmentationScores:
     """mIoU, per-class IoU and accuracies over ``loader`` (items: test-scale image, original label).
 
-    Predictions are resized to each label's size; the confusion matrix is summed over processes.
+    Predictions are resized to each label's size; the confusion matrix is summed over processes. Pixels whose
+    probabilities are not finite are counted (``non_finite_pixels``).
     """
     model.eval()
     confusion = ConfusionMatrix(spec.num_classes, spec.ignore_index)
+    non_finite = torch.zeros(1, dtype=torch.float64)
     for images, labels, _ in tqdm(checked_batches(loader), total=len(loader), desc=description,
                                   disable=not progress, leave=False):
         with autocast(world.device, amp_dtype):
             probabilities = inference(model, images.to(world.device), spec.num_classes, labels.shape[-2:])
         confusion.update(probabilities.argmax(1).cpu(), labels)
+        non_finite += (~torch.isfinite(probabilities)).any(1).sum().item()
     confusion.all_reduce(world)
-    return confusion.scores()
+    return dataclasses.replace(confusion.scores(), non_finite_pixels=int(world.all_reduce_sum(non_finite)))
 
 
 def eval_loader(data: str, split: str, segmenter_spec: DatasetSpec, transform: EvalTransform, world: Distributed,
@@ -67,7 +82,7 @@ def eval_loader(data: str, split: str, segmenter_spec: DatasetSpec, transform: E
     """One image per batch (sizes differ); each process takes its shard, every image is used once."""
     dataset = SegmentationFolder(Path(data), split, segmenter_spec, transform)
     return DataLoader(dataset, batch_size=1, sampler=ShardSampler(len(dataset), world.rank, world.world_size),
-                      num_workers=workers, collate_fn=collate_segmentation)
+                      num_workers=workers, collate_fn=collate_segmentation, generator=torch.Generator())
 
 
 def format_scores(scores: SegmentationScores, class_names: Sequence[str], per_class: bool = True) -> str:
@@ -80,25 +95,42 @@ def format_scores(scores: SegmentationScores, class_names: Sequence[str], per_cl
     return "\n".join(lines)
 
 
+def output_stems(images: Sequence[str]) -> list[str]:
+    """A distinct output name for each image path (see :func:`predict_images`)."""
+    paths = [Path(image).resolve() for image in images]
+    stems = [path.stem for path in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    if len(set(paths)) < len(paths):
+        raise ValueError("the same image is given twice: " + ", ".join(sorted({str(p) for p in paths
+                                                                                if paths.count(p) > 1})))
+    common = Path(os.path.commonpath([path.parent for path in paths]))
+    return ["_".join(path.relative_to(common).with_suffix("").parts) for path in paths]
+
+
 @torch.no_grad()
 def predict_images(segmenter: Segmenter, images: Sequence[str], output: Path,
                    inference: InferenceOptions = InferenceOptions(),
                    amp_dtype: Optional[torch.dtype] = None) -> list[tuple[Path, Path]]:
     """Writes ``NAME_labels.png`` (label map with a colour palette, in the data set's label convention) and
-    ``NAME_overlay.png`` (image blended with the colours) for each image; returns their paths."""
+    ``NAME_overlay.png`` (image blended with the colours) for each image; returns their paths.
+
+    ``NAME`` is the image's file name without suffix, or where two images share one, their paths from the
+    folder that holds them all (``training/s0.jpg`` -> ``training_s0``), so no output replaces another.
+    """
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     colours = segmenter.colour_table()
     shift = int(segmenter.spec.reduce_zero_label)
     device = next(segmenter.model.parameters()).device
     written = []
-    for path in map(Path, images):
+    for path, stem in zip(map(Path, images), output_stems(images)):
         image = load_image(path)
         pixels = segmenter.transform.image(image)[None].to(device)
         with autocast(device, amp_dtype):
             probabilities = inference(segmenter.model, pixels, segmenter.spec.num_classes, (image.height, image.width))
         labels = probabilities.argmax(1)[0].cpu().numpy().astype(np.int64) + shift
-        label_path, overlay_path = output / f"{path.stem}_labels.png", output / f"{path.stem}_overlay.png"
+        label_path, overlay_path = output / f"{stem}_labels.png", output / f"{stem}_overlay.png"
         if segmenter.spec.num_classes + shift <= PALETTE_SIZE:
             label_image = Image.fromarray(labels.astype(np.uint8), mode="P")
             label_image.putpalette(colours.flatten().tolist())

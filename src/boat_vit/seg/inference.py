@@ -73,6 +73,8 @@ def segment(
     """
     if mode not in ("whole", "slide"):
         raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+    if not scales or any(not scale > 0 for scale in scales):
+        raise ValueError(f"--scales must be positive, got {list(scales)}")
     height, width = images.shape[-2:]
     probabilities = None
     for scale in scales:

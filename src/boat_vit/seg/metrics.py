@@ -20,6 +20,7 @@ class SegmentationScores:
     iou: list[float]
     acc: list[float]
     pixels: int  # labelled pixels counted
+    non_finite_pixels: int = 0  # pixels whose predicted probabilities were NaN or infinite (a diverged model)
 
 
 def _nanmean(values: torch.Tensor) -> float:

@@ -17,9 +17,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import WeightsReport, filter_state_dict, load_checkpoint_file, load_state_dict_file
+from ..checkpoint import (
+    WeightsReport,
+    check_enough_loaded,
+    filter_state_dict,
+    load_checkpoint_file,
+    load_state_dict_file,
+)
 from ..images import palette
-from ..models import check_model_name
+from ..models import check_architecture_arguments, check_model_name
 from .data import DatasetSpec, EvalTransform
 
 __all__ = ["AuxiliaryHead", "BoatUPerNet", "Segmenter", "load_backbone_weights",
@@ -89,10 +95,13 @@ class BoatUPerNet(nn.Module):
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.num_classes = num_classes
         timm_kwargs = dict(self.backbone_kwargs, strict_img_size=False, drop_path_rate=drop_path_rate)
-        self.upernet = smp.UPerNet(
-            encoder_name=f"tu-{backbone}", encoder_weights=None, classes=num_classes,
-            decoder_channels=decoder_channels, **timm_kwargs,
-        )
+        try:
+            self.upernet = smp.UPerNet(
+                encoder_name=f"tu-{backbone}", encoder_weights=None, classes=num_classes,
+                decoder_channels=decoder_channels, **timm_kwargs,
+            )
+        except TypeError as error:  # a keyword argument the backbone's constructor does not take
+            raise ValueError(f"cannot build backbone {backbone} with {timm_kwargs}: {error}") from None
         self.size_divisor = self.upernet.encoder.output_stride
         channels = self.upernet.encoder.out_channels
         self.aux_head = AuxiliaryHead(channels[AUX_FEATURE], aux_channels, num_classes) if aux_channels else None
@@ -147,7 +156,7 @@ class BoatUPerNet(nn.Module):
 
 
 def load_backbone_weights(
-    model: BoatUPerNet, path: Union[str, Path], entry: Optional[str] = None
+    model: BoatUPerNet, path: Union[str, Path], entry: Optional[str] = None, allow_partial: bool = False
 ) -> WeightsReport:
     """Initialises ``model``'s backbone from a classification checkpoint of the same architecture.
 
@@ -160,9 +169,11 @@ def load_backbone_weights(
         model: The segmenter.
         path: The checkpoint file.
         entry: Which entry of a training checkpoint holds the weights (default: EMA weights first, as timm).
+        allow_partial: Accept a file that gives less than half of the backbone's weights.
 
     Raises:
-        ValueError: a tensor of the checkpoint has another shape than the backbone's (another model size).
+        ValueError: a tensor of the checkpoint has another shape than the backbone's (another model size), or
+            the file gives too little of the backbone without ``allow_partial``.
     """
     state, used = load_state_dict_file(path, entry)
     state = filter_state_dict(state, model.reference_backbone())
@@ -184,8 +195,20 @@ def load_backbone_weights(
         report.loaded.append(name)
     taken = set(report.loaded)
     report.unused = [k for k in state if k not in taken]
+    check_enough_loaded(own, wanted, set(), path, model.backbone_name, allow_partial)
     model.backbone.load_state_dict(wanted, strict=False)
     return report
+
+
+SEGMENTER_ARGUMENTS = ("backbone", "num_classes", "backbone_kwargs", "decoder_channels", "aux_channels",
+                       "drop_path_rate")
+
+
+def _segmenter_arguments(stored: Any, source: str) -> dict[str, Any]:
+    """The :class:`BoatUPerNet` arguments a checkpoint stored, checked (backbone keywords: architecture only)."""
+    if not isinstance(stored, dict) or set(stored) - set(SEGMENTER_ARGUMENTS):
+        raise ValueError(f"{source} holds segmenter arguments other than {list(SEGMENTER_ARGUMENTS)}")
+    return dict(stored, backbone_kwargs=check_architecture_arguments(stored.get("backbone_kwargs", {}), source))
 
 
 class Segmenter:
@@ -207,7 +230,7 @@ def load_segmenter(checkpoint: str, device: torch.device = torch.device("cpu")) 
     state = load_checkpoint_file(Path(checkpoint))
     if not isinstance(state, dict) or "segmenter" not in state:
         raise ValueError(f"{checkpoint} is not a segmentation checkpoint (written by `boat-vit seg-train`)")
-    model = BoatUPerNet(**state["segmenter"])
+    model = BoatUPerNet(**_segmenter_arguments(state["segmenter"], checkpoint))
     model.load_state_dict(state["model"])
     spec = DatasetSpec(**state["spec"])
     data = state["data"]

@@ -8,6 +8,7 @@ from RNG states derived from the seed and the iteration, and the data order and 
 on the seed, so ``--resume`` continues a run exactly from its last checkpoint.
 """
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..engine import (
+    AT_LEAST_ONE,
+    NOT_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    RUN_OPTION_BOUNDS,
+    Bounds,
     Distributed,
     GlobalBatchSampler,
     ResumedBatches,
@@ -29,16 +36,21 @@ from ..engine import (
     SeededSamples,
     amp_dtype_for,
     autocast,
+    check_bounds,
+    check_finite,
     derive_seed,
     load_resume_checkpoint,
+    merge_resumed,
     optimizer_step,
     raise_if_non_finite,
     seed_everything,
+    set_threads,
     setup_distributed,
 )
+from ..models import check_architecture_arguments
 from .data import (
-    DatasetSpec, EvalTransform, SegmentationFolder, TrainAugmentation, checked_batches, collate_segmentation,
-    dataset_spec,
+    DatasetSpec, EvalTransform, SegmentationFolder, TrainAugmentation, check_samples, checked_batches,
+    collate_segmentation, dataset_spec,
 )
 from .evaluate import InferenceOptions, eval_loader, evaluate_segmentation, format_scores
 from .inference import as_pair
@@ -102,23 +114,58 @@ class SegTrainConfig(RunOptions):
     checkpoint_interval: int = 16_000
     eval_mode: str = "whole"
     eval_stride: tuple = (341, 341)
+    partial_weights: bool = False  # accept backbone weights that give less than half of the backbone
+
+    def check(self) -> None:
+        """Raises a ValueError naming the first option that cannot run."""
+        check_bounds(self, {**RUN_OPTION_BOUNDS, **_BOUNDS})
+        if not isinstance(self.backbone_kwargs, dict):
+            raise ValueError(f"--backbone-kwargs must be a JSON object, got {self.backbone_kwargs!r}")
+        if self.ratio_range[0] > self.ratio_range[1]:
+            raise ValueError(f"--ratio-range must be low <= high, got {self.ratio_range!r}")
+        if self.resume and (self.backbone_weights or self.overwrite):
+            raise ValueError("--resume continues a run with its own weights; drop --backbone-weights and --overwrite")
+
+
+_BOUNDS = dict(
+    num_classes=AT_LEAST_ONE, decoder_channels=AT_LEAST_ONE, aux_weight=NOT_NEGATIVE,
+    drop_path=Bounds(0, 1, high_open=True), crop_size=AT_LEAST_ONE, scale=AT_LEAST_ONE, ratio_range=POSITIVE,
+    cat_max_ratio=Bounds(0, 1, low_open=True), hflip=PROBABILITY, test_scale=AT_LEAST_ONE, iterations=AT_LEAST_ONE,
+    batch_size=AT_LEAST_ONE, lr=POSITIVE, min_lr=NOT_NEGATIVE, weight_decay=NOT_NEGATIVE, poly_power=POSITIVE,
+    warmup_iters=NOT_NEGATIVE, warmup_ratio=PROBABILITY, clip_grad=POSITIVE, eval_interval=AT_LEAST_ONE,
+    checkpoint_interval=AT_LEAST_ONE, eval_stride=AT_LEAST_ONE,
+)
+_FIELDS = tuple(f.name for f in dataclasses.fields(SegTrainConfig))
 
 
 def resolve_seg_config(overrides: dict[str, Any]) -> SegTrainConfig:
-    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored)."""
+    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored).
+
+    With ``resume``, the options are those the run started with (read from its checkpoint); an explicit
+    option that would change what the run computes is an error, run options (:data:`RUN_OPTIONS`) apply.
+
+    Raises:
+        ValueError: unknown options or presets, values out of range, or options a resumed run cannot take.
+    """
     values = {k: v for k, v in overrides.items() if v is not None}
-    preset = values.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    merged = {**PRESETS.get(preset, {}), **values}
-    unknown = set(merged) - {f.name for f in dataclasses.fields(SegTrainConfig)}
+    unknown = set(values) - set(_FIELDS)
     if unknown:
         raise ValueError(f"unknown segmentation training options: {sorted(unknown)}")
-    config = SegTrainConfig(**merged)
-    config.crop_size, config.eval_stride = as_pair(config.crop_size), as_pair(config.eval_stride)
-    for name in ("iterations", "eval_interval", "checkpoint_interval"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if values.get("resume") is not None:
+        for key in ("crop_size", "eval_stride"):
+            if key in values:
+                values[key] = as_pair(values[key])
+        SegTrainConfig(**values).check()  # the options given, before they meet the run's
+        saved = load_resume_checkpoint(values["resume"])["config"]
+        config = SegTrainConfig(**merge_resumed(saved, values, values["resume"], _FIELDS))
+        config.backbone_kwargs = check_architecture_arguments(config.backbone_kwargs, values["resume"])
+    else:
+        preset = values.get("preset")
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        config = SegTrainConfig(**{**PRESETS.get(preset, {}), **values})
+        config.crop_size, config.eval_stride = as_pair(config.crop_size), as_pair(config.eval_stride)
+    config.check()
     return config
 
 
@@ -140,11 +187,13 @@ def segmentation_loss(logits: torch.Tensor, aux: Optional[torch.Tensor], labels:
 
 
 def _resume_state(config: SegTrainConfig) -> Optional[dict]:
+    """The checkpoint to continue from; its options must be ``config``'s (run options aside)."""
     if config.resume is None:
         return None
     state = load_resume_checkpoint(config.resume)
-    if state.get("segmenter", {}).get("backbone") != config.backbone:
-        raise ValueError(f"{config.resume} is not a segmentation run with backbone {config.backbone!r}")
+    if "segmenter" not in state:
+        raise ValueError(f"{config.resume} is not a segmentation run (written by `boat-vit seg-train`)")
+    merge_resumed(state["config"], dataclasses.asdict(config), config.resume, _FIELDS)
     return state
 
 
@@ -181,13 +230,16 @@ def train_segmentation(config: SegTrainConfig) -> dict:
     from timm.scheduler import PolyLRScheduler
 
     start_time = time.time()
+    config.check()
     world = setup_distributed(config.device)
     try:
+        set_threads(config.threads, config.workers, world.local_world_size)
         if config.batch_size % world.world_size or config.batch_size // world.world_size < MIN_IMAGES_PER_PROCESS:
             raise ValueError(f"batch size {config.batch_size} must be a multiple of the {world.world_size} processes "
                              f"with at least {MIN_IMAGES_PER_PROCESS} images each (batch norm in UperNet)")
         seed_everything(config.seed)
-        run = RunDirectory(config.output) if world.is_main else None
+        run = (RunDirectory(config.output, resume=config.resume is not None, overwrite=config.overwrite)
+               if world.is_main else None)
         resume_state = _resume_state(config)
         spec = dataset_spec(config.dataset, config.num_classes, config.ignore_index, config.reduce_zero_label)
         segmenter_args = dict(backbone=config.backbone, num_classes=spec.num_classes,
@@ -201,9 +253,11 @@ def train_segmentation(config: SegTrainConfig) -> dict:
         train_set = _datasets(config, spec, mean, std)
         val_loader = eval_loader(config.data, "validation", spec, EvalTransform(mean, std, test_scale), world,
                                  config.workers)
+        for folder in (train_set, val_loader.dataset):  # a bad sample stops the run now, not hours later
+            check_samples(folder, config.workers)
         weights_report = None
         if config.backbone_weights and resume_state is None:
-            weights_report = load_backbone_weights(model, config.backbone_weights)
+            weights_report = load_backbone_weights(model, config.backbone_weights, allow_partial=config.partial_weights)
             if world.is_main:
                 print(f"backbone {weights_report.summary()}\n  (decoder and heads start afresh)")
         model.to(world.device)
@@ -237,7 +291,8 @@ def train_segmentation(config: SegTrainConfig) -> dict:
             epoch, done = divmod(iteration, len(sampler))
             sampler.set_epoch(epoch)
             loader = DataLoader(SeededSamples(train_set), batch_sampler=ResumedBatches(sampler, done),
-                                num_workers=config.workers, collate_fn=collate_segmentation)
+                                num_workers=config.workers, collate_fn=collate_segmentation,
+                                generator=torch.Generator())
             for images, labels, _ in checked_batches(loader):
                 seed_everything(derive_seed(config.seed, iteration))
                 started = time.perf_counter()
@@ -261,6 +316,8 @@ def train_segmentation(config: SegTrainConfig) -> dict:
                 if evaluate_now:
                     scores = evaluate_segmentation(model, val_loader, spec, inference, world, amp_dtype,
                                                    progress=show, description=f"eval @{iteration}")
+                    if scores.non_finite_pixels:
+                        check_finite(math.nan, f"segmentation output at iteration {iteration}", config.output)
                     totals = running.fold(world)
                     rows.append(dict(iteration=iteration, train_loss=totals["loss"] / max(totals["images"], 1),
                                      lr=optimizer.param_groups[0]["lr"], miou=scores.miou, macc=scores.macc,
