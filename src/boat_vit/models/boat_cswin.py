@@ -54,15 +54,21 @@ from timm.layers import (
     to_2tuple,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..checkpoint import fill_missing_from_model, register_layout_conversion, select_state_dict
 from ..layers import FeatureSpaceLocalAttention
 from ._metadata import BOAT_PAPER_CFG
+from ._stages import per_stage, stage_indices
 
-__all__ = ["BoatCSWin", "BoatCSWinBlock", "CrossShapedAttention", "checkpoint_filter_fn", "is_released_layout"]
+__all__ = [
+    "BoatCSWin",
+    "BoatCSWinBlock",
+    "ConvStem",
+    "CrossShapedAttention",
+    "checkpoint_filter_fn",
+    "is_released_layout",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -70,15 +76,12 @@ _BoolOrBools = Union[bool, Sequence[bool]]
 
 # The released BOAT-CSWin builds its FSLA with ``qk_scale=qkv_bias`` (True), so the logit scale is 1.0.
 RELEASED_FSLA_SCALE = 1.0
-
-
-def _stage_tuple(value: Any, num_stages: int, name: str) -> Tuple[Any, ...]:
-    """One value per stage from a scalar or a sequence of ``num_stages`` values."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != num_stages:
-            raise ValueError(f"{name} needs one value per stage ({num_stages}), got {tuple(value)}")
-        return tuple(value)
-    return (value,) * num_stages
+# CSWin's stem (``stage1_conv_embed``): overlapping 7x7 patches every 4 pixels
+STEM_KERNEL, STEM_STRIDE, STEM_PADDING = 7, 4, 2
+# token merging between stages: a 3x3 convolution of stride 2
+MERGE_KERNEL, MERGE_STRIDE = 3, 2
+# LePE: a depthwise convolution of the values inside each stripe
+LEPE_KERNEL = 3
 
 
 class CrossShapedAttention(nn.Module):
@@ -125,7 +128,8 @@ class CrossShapedAttention(nn.Module):
         branch_dim = dim // num_branches
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.lepe = nn.ModuleList(
-            nn.Conv2d(branch_dim, branch_dim, 3, padding=1, groups=branch_dim, **dd) for _ in range(num_branches)
+            nn.Conv2d(branch_dim, branch_dim, LEPE_KERNEL, padding=LEPE_KERNEL // 2, groups=branch_dim, **dd)
+            for _ in range(num_branches)
         )
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -195,7 +199,7 @@ class CrossShapedAttention(nn.Module):
             values.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last),
             lepe_weight,
             lepe_bias,
-            padding=1,
+            padding=LEPE_KERNEL // 2,
             groups=channels,
         ).permute(0, 2, 3, 1)  # (stripes, rows, W, c)
 
@@ -256,12 +260,19 @@ class BoatCSWinBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class PatchEmbed(nn.Module):
-    """Convolutional stem: 7x7 stride-4 convolution, then LayerNorm; ``(B, C, H, W)`` -> ``(B, H/4, W/4, D)``."""
+class ConvStem(nn.Module):
+    """CSWin's stem: 7x7 stride-4 convolution (padding 2), then LayerNorm; ``(B, C, H, W)`` -> ``(B, H', W', D)``.
+
+    Not timm's ``PatchEmbed``: that one's kernel equals its stride (non-overlapping patches, ``H / 4`` tokens
+    high), while CSWin's patches overlap and its map is ``(H - 3) // 4 + 1`` tokens high. Keys ``proj.*``,
+    ``norm.*`` (as ``PatchEmbed``'s).
+    """
 
     def __init__(self, in_chans: int, embed_dim: int, norm_layer: type = nn.LayerNorm, device=None, dtype=None):
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, 7, stride=4, padding=2, device=device, dtype=dtype)
+        self.proj = nn.Conv2d(
+            in_chans, embed_dim, STEM_KERNEL, stride=STEM_STRIDE, padding=STEM_PADDING, device=device, dtype=dtype
+        )
         self.norm = norm_layer(embed_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,7 +284,9 @@ class MergeBlock(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, norm_layer: type = nn.LayerNorm, device=None, dtype=None):
         super().__init__()
-        self.conv = nn.Conv2d(dim, out_dim, 3, stride=2, padding=1, device=device, dtype=dtype)
+        self.conv = nn.Conv2d(
+            dim, out_dim, MERGE_KERNEL, stride=MERGE_STRIDE, padding=MERGE_KERNEL // 2, device=device, dtype=dtype
+        )
         self.norm = norm_layer(out_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -394,9 +407,9 @@ class BoatCSWin(nn.Module):
         num_stages = len(depths)
         if num_stages < 1:
             raise ValueError("depths must name at least one stage")
-        num_heads = _stage_tuple(num_heads, num_stages, "num_heads")
-        split_size = _stage_tuple(split_size, num_stages, "split_size")
-        fsla = _stage_tuple(fsla, num_stages, "fsla")
+        num_heads = per_stage(num_heads, num_stages, "num_heads")
+        split_size = per_stage(split_size, num_stages, "split_size")
+        fsla = per_stage(fsla, num_stages, "fsla")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -408,7 +421,7 @@ class BoatCSWin(nn.Module):
         dims = [embed_dim * 2**i for i in range(num_stages)]
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, norm_layer, **dd)
+        self.patch_embed = ConvStem(in_chans, embed_dim, norm_layer, **dd)
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages = []
         self.feature_info = []
@@ -522,7 +535,7 @@ class BoatCSWin(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         self._check_input(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        take_indices, max_index = stage_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
         intermediates = []
@@ -541,7 +554,7 @@ class BoatCSWin(nn.Module):
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        take_indices, max_index = stage_indices(len(self.stages), indices)
         prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[: max_index + 1]
         if prune_norm or prune_end:
