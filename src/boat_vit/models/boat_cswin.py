@@ -44,6 +44,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Uni
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.jit import Final
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     ClassifierHead,
@@ -51,12 +52,14 @@ from timm.layers import (
     Mlp,
     calculate_drop_path_rates,
     get_device_dtype,
+    register_notrace_function,
     to_2tuple,
     trunc_normal_,
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..checkpoint import fill_missing_from_model, register_layout_conversion, select_state_dict
+from ..clustering import _format_shape
 from ..layers import FeatureSpaceLocalAttention
 from ._metadata import BOAT_PAPER_CFG
 from ._stages import per_stage, stage_indices
@@ -68,6 +71,7 @@ __all__ = [
     "CrossShapedAttention",
     "checkpoint_filter_fn",
     "is_released_layout",
+    "stripe_attention",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -94,6 +98,8 @@ class CrossShapedAttention(nn.Module):
 
     State-dict keys: ``qkv.*``, ``lepe.{branch}.*``, ``proj.*``.
     """
+
+    whole_map: Final[bool]  # one branch; a TorchScript constant, so only the branches in use are compiled
 
     def __init__(
         self,
@@ -123,6 +129,7 @@ class CrossShapedAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.split_size = split_size
         self.num_branches = num_branches
+        self.whole_map = num_branches == 1
         self.scale = self.head_dim**-0.5
         self.attn_drop = attn_drop
         branch_dim = dim // num_branches
@@ -140,73 +147,95 @@ class CrossShapedAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
         qkv = self.qkv(x).view(batch, height, width, 3, channels)
-        if self.num_branches == 1:
+        heads = self.num_heads // self.num_branches
+        dropout_p = self.attn_drop if self.training else 0.0
+        if self.whole_map:
             # one window over the whole map: a stripe as tall as the map
-            out = self._stripes(qkv, self.lepe[0].weight, self.lepe[0].bias, height)
+            out = stripe_attention(qkv, self.lepe[0].weight, self.lepe[0].bias, height, heads, self.scale, dropout_p)
         else:
             half = channels // 2
             split = self.split_size
             # vertical stripes (full height, `split` columns) are horizontal stripes of the transposed map
-            vertical = self._stripes(
+            vertical = stripe_attention(
                 qkv[..., :half].transpose(1, 2),
                 self.lepe[0].weight.transpose(-1, -2),
                 self.lepe[0].bias,
-                min(split, width),
+                split,
+                heads,
+                self.scale,
+                dropout_p,
             ).transpose(1, 2)
             # horizontal stripes: `split` rows, full width
-            horizontal = self._stripes(qkv[..., half:], self.lepe[1].weight, self.lepe[1].bias, min(split, height))
+            horizontal = stripe_attention(
+                qkv[..., half:], self.lepe[1].weight, self.lepe[1].bias, split, heads, self.scale, dropout_p
+            )
             out = torch.cat([vertical, horizontal], dim=-1)
         return self.proj_drop(self.proj(out))
 
-    def _stripes(
-        self,
-        qkv: torch.Tensor,
-        lepe_weight: torch.Tensor,
-        lepe_bias: Optional[torch.Tensor],
-        rows: int,
-    ) -> torch.Tensor:
-        """Attention inside horizontal stripes of ``rows`` rows x full width, plus LePE.
 
-        ``qkv``: ``(B, H, W, 3, c)``, any strides; returns ``(B, H, W, c)``. Stripes are whole rows of the
-        row-major token map, so the stripes of an unpadded map are views; the last stripe is padded with zero
-        tokens (masked as keys) when ``rows`` does not divide ``H``.
-        """
-        batch, height, width, _, channels = qkv.shape
-        heads = self.num_heads // self.num_branches
-        head_dim = channels // heads
-        pad = -height % rows
-        if pad:
-            # zeros: padded values add nothing to LePE (as at any stripe border); padded keys are masked
-            qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad))
-        padded = height + pad
-        num_stripes, stripe_len = batch * (padded // rows), rows * width
-        # (stripes, tokens, 3, heads, d): a view when possible (rows of a row-major map), else one copy
-        qkv = qkv.reshape(num_stripes, stripe_len, 3, heads, head_dim)
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+@register_notrace_function  # FX: the stripe padding is Python control flow on the map size
+def stripe_attention(
+    qkv: torch.Tensor,
+    lepe_weight: torch.Tensor,
+    lepe_bias: Optional[torch.Tensor],
+    rows: int,
+    num_heads: int,
+    scale: float,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention inside horizontal stripes of ``min(rows, H)`` rows x full width, plus LePE.
 
-        mask = None
-        if pad:
-            valid = torch.arange(padded, device=qkv.device).view(-1, rows, 1) < height
-            valid = valid.expand(-1, -1, width).reshape(1, -1, 1, 1, stripe_len)
-            mask = valid.expand(batch, -1, -1, -1, -1).reshape(num_stripes, 1, 1, stripe_len)
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-        )  # (stripes, heads, tokens, d)
+    Stripes are whole rows of the row-major token map, so the stripes of an unpadded map are views; the last
+    stripe is padded with zero tokens (masked as keys) when the stripe height does not divide ``H``.
 
-        # LePE: each stripe is an image of `rows` x W pixels; channels-last, so the stripes are a free view
-        values = qkv[:, :, 2].reshape(num_stripes, rows, width, channels)
-        lepe = F.conv2d(
-            values.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last),
-            lepe_weight,
-            lepe_bias,
-            padding=LEPE_KERNEL // 2,
-            groups=channels,
-        ).permute(0, 2, 3, 1)  # (stripes, rows, W, c)
+    Args:
+        qkv: ``(B, H, W, 3, c)`` queries, keys and values, any strides.
+        lepe_weight: ``(c, 1, k, k)`` depthwise LePE kernel.
+        lepe_bias: ``(c,)`` LePE bias or ``None``.
+        rows: Stripe height; a stripe is never taller than the map.
+        num_heads: Heads sharing the ``c`` channels.
+        scale: Attention logit scale.
+        dropout_p: Dropout on attention weights.
 
-        # in place on the convolution's output (its backward does not need it)
-        shape = (batch, padded, width, channels)
-        out = lepe.reshape(shape).add_(attn.transpose(1, 2).reshape(shape))
-        return out[:, :height] if pad else out
+    Returns:
+        ``(B, H, W, c)``.
+    """
+    batch, height, width, channels = qkv.shape[0], qkv.shape[1], qkv.shape[2], qkv.shape[4]
+    rows = min(rows, height)
+    head_dim = channels // num_heads
+    pad = -height % rows
+    if pad:
+        # zeros: padded values add nothing to LePE (as at any stripe border); padded keys are masked
+        qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad))
+    padded = height + pad
+    num_stripes, stripe_len = batch * (padded // rows), rows * width
+    # (stripes, tokens, 3, heads, d): a view when possible (rows of a row-major map), else one copy
+    qkv = qkv.reshape(num_stripes, stripe_len, 3, num_heads, head_dim)
+    q, k, v = qkv.unbind(2)
+
+    mask: Optional[torch.Tensor] = None
+    if pad:
+        valid = torch.arange(padded, device=qkv.device).view(-1, rows, 1) < height
+        valid = valid.expand(-1, -1, width).reshape(1, -1, 1, 1, stripe_len)
+        mask = valid.expand(batch, -1, -1, -1, -1).reshape(num_stripes, 1, 1, stripe_len)
+    attn = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p, scale=scale
+    )  # (stripes, heads, tokens, d)
+
+    # LePE: each stripe is an image of `rows` x W pixels; channels-last, so the stripes are a free view
+    values = qkv[:, :, 2].reshape(num_stripes, rows, width, channels)
+    lepe = F.conv2d(
+        values.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last),
+        lepe_weight,
+        lepe_bias,
+        padding=lepe_weight.shape[-1] // 2,
+        groups=channels,
+    ).permute(0, 2, 3, 1)  # (stripes, rows, W, c)
+
+    # in place on the convolution's output (its backward does not need it)
+    shape = [batch, padded, width, channels]
+    out = lepe.reshape(shape).add_(attn.transpose(1, 2).reshape(shape))
+    return out[:, :height] if pad else out
 
 
 class BoatCSWinBlock(nn.Module):
@@ -511,13 +540,6 @@ class BoatCSWin(nn.Module):
         if img_size is not None:
             self.img_size = to_2tuple(img_size)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        if self.strict_img_size and tuple(x.shape[-2:]) != self.img_size:
-            raise ValueError(
-                f"input size {tuple(x.shape[-2:])} != img_size {self.img_size} (strict_img_size=True)"
-            )
 
     def forward_intermediates(
         self,
@@ -534,7 +556,7 @@ class BoatCSWin(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        self._check_input(x)
+        check_image(x, self.in_chans, self.img_size, self.strict_img_size)
         take_indices, max_index = stage_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
@@ -571,7 +593,7 @@ class BoatCSWin(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised last-stage features, ``(B, C, H, W)``."""
-        self._check_input(x)
+        check_image(x, self.in_chans, self.img_size, self.strict_img_size)
         x = self.patch_embed(x)
         x = self.stages(x)
         return self._apply_norm(x)
@@ -581,6 +603,18 @@ class BoatCSWin(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+@register_notrace_function  # FX: checks of the input's shape (FX wraps no function named _*)
+def check_image(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], strict_img_size: bool) -> None:
+    """Raises ``ValueError`` unless ``x`` is ``(B, in_chans, H, W)``, with ``(H, W) == img_size`` if strict."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected input (B, {in_chans}, H, W), got shape {_format_shape(x.shape)}")
+    if strict_img_size and (x.shape[2] != img_size[0] or x.shape[3] != img_size[1]):
+        raise ValueError(
+            f"input size ({x.shape[2]}, {x.shape[3]}) != img_size ({img_size[0]}, {img_size[1]}) "
+            "(strict_img_size=True)"
+        )
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------
