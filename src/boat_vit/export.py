@@ -17,6 +17,7 @@ Formats and what stays dynamic:
 Exported FSLA sorts split scores row-wise (ONNX TopK), which breaks exact ties of a score differently from the
 eager sort; outputs agree within float rounding otherwise (:func:`check_export` measures it).
 """
+import math
 import os
 from pathlib import Path
 from typing import Callable, List, Sequence, Union
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "DEFAULT_TOLERANCE",
     "FORMATS",
+    "MIN_OPSET",
     "ExportMismatchError",
     "check_export",
     "export_model",
@@ -37,6 +39,7 @@ __all__ = [
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 DEFAULT_OPSET = 18
+MIN_OPSET = 17  # the first with LayerNormalization
 # largest absolute difference accepted between an export and eager PyTorch (float32 logits)
 DEFAULT_TOLERANCE = 1e-4
 # protobuf's limit on one ONNX file; larger models keep their weights in an external data file
@@ -85,17 +88,19 @@ def export_model(
         path: Output file (``.onnx``, ``.pt`` for TorchScript, ``.pt2`` for an exported program by convention).
         example: An input batch ``(B, C, H, W)``; traced formats are built for its image size.
         dynamic_batch: Traced formats accept any batch size (TorchScript always does).
-        opset: ONNX opset (>= 17).
+        opset: ONNX opset (>= :data:`MIN_OPSET`).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ValueError: Unknown format, a model in training mode, or an opset below 17.
+        ValueError: Unknown format, a model in training mode, or an opset below :data:`MIN_OPSET`.
     """
     _check_format(fmt)
     if model.training:
         raise ValueError("export an eval-mode model: call model.eval() first")
+    if fmt == "onnx" and opset < MIN_OPSET:
+        raise ValueError(f"ONNX export needs opset >= {MIN_OPSET}, got {opset}")
     path = Path(path)
     if fmt == "torchscript":
         torch.jit.script(model).save(str(path))
@@ -104,8 +109,6 @@ def export_model(
     if fmt == "exported-program":
         torch.export.save(program, path)
         return path
-    if opset < 17:
-        raise ValueError(f"ONNX export needs opset >= 17, got {opset}")
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     torch.onnx.export(
         program,
@@ -114,6 +117,7 @@ def export_model(
         dynamo=True,
         input_names=[INPUT_NAME],
         external_data=weight_bytes > ONNX_FILE_LIMIT_BYTES,
+        verbose=False,
     )
     return path
 
@@ -148,19 +152,21 @@ def _as_list(outputs: Outputs) -> List[torch.Tensor]:
 def max_difference(expected: Outputs, actual: Outputs) -> float:
     """Largest absolute difference between two outputs (tensors or sequences of tensors of equal shapes).
 
+    NaN if either output has a NaN: a NaN never matches.
+
     Raises:
         ExportMismatchError: The outputs differ in number or shape.
     """
     expected, actual = _as_list(expected), _as_list(actual)
     if len(expected) != len(actual):
         raise ExportMismatchError(f"expected {len(expected)} outputs, got {len(actual)}")
-    difference = 0.0
+    differences = [0.0]
     for e, a in zip(expected, actual):
         if e.shape != a.shape:
             raise ExportMismatchError(f"output shape {tuple(a.shape)} != expected {tuple(e.shape)}")
         if e.numel():
-            difference = max(difference, (e.detach().cpu().double() - a.detach().cpu().double()).abs().max().item())
-    return difference
+            differences.append((e.detach().cpu().double() - a.detach().cpu().double()).abs().max().item())
+    return math.nan if any(math.isnan(d) for d in differences) else max(differences)
 
 
 def check_export(
