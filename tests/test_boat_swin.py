@@ -395,7 +395,7 @@ def test_group_matcher_and_no_weight_decay():
     assert no_decay and all(name.endswith("relative_position_bias_table") for name in no_decay)
 
 
-# --- compilers and export (slow) ------------------------------------------------------------------------
+# --- compilers (slow; export: tests/test_export.py) -----------------------------------------------------
 
 
 @pytest.mark.slow
@@ -404,17 +404,3 @@ def test_torch_compile_same_outputs():
     images = torch.randn(2, *SMALL_INPUT)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model)(images), model(images), rtol=0, atol=CLOSE_32)
-
-
-@pytest.mark.slow
-def test_onnx_export_matches_pytorch(tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime")
-    torch.manual_seed(0)
-    model = timm.create_model(TINY).eval()
-    images = torch.randn(1, 3, 224, 224)
-    path = tmp_path / "boat_swin_tiny.onnx"
-    torch.onnx.export(model, (images,), str(path), opset_version=18, dynamo=True)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_logits,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
-    with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(onnx_logits), model(images), rtol=0, atol=1e-4)

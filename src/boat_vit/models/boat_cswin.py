@@ -30,6 +30,14 @@ The released code runs only at 224x224 and pairs the images of a batch in the st
 At 224x224 every computation before the stage-4 FSLA equals the released code; the stage-4 FSLA differs
 from it only by the released cross-image pairing, which is a bug.
 
+Deployment
+----------
+``torch.fx`` traces the models with timm's leaf registry (as timm's and torchvision's feature extraction do):
+FSLA is a leaf module, and :func:`stripe_attention` and :func:`check_image` are leaf functions (their padding
+and checks are Python control flow on the map size); everything else is traced. ``torch.jit.script``
+compiles the models, which then run at any batch and size with results identical to eager PyTorch.
+``torch.export`` and ONNX (:mod:`boat_vit.export`) trace them with a dynamic batch for one image size.
+
 Weights
 -------
 The released checkpoints (github.com/mahaoyuHKU/pytorch-boat) live on an external host; load a local copy

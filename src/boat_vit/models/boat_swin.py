@@ -23,6 +23,11 @@ Any input size: with ``strict_img_size=False`` (or ``dynamic_img_size=True``) th
 multiple of the patch size, windows are padded as in timm's Swin and FSLA takes any token count; or use
 ``set_input_size`` as for timm's Swin.
 
+Deployment: ``torch.fx`` traces the model with timm's leaf registry (FSLA is a leaf module: its group layout is
+Python control flow on the token count); ``torch.jit.script`` compiles it (results identical to eager
+PyTorch, any batch, and any size with ``dynamic_img_size=True``); ``torch.export`` and ONNX
+(:mod:`boat_vit.export`) trace it with a dynamic batch for one image size.
+
 Weights: the released checkpoints (github.com/mahaoyuHKU/pytorch-boat) live on an external host. Load a
 local copy with ``timm.create_model("boat_swin_tiny_patch4_window7_224", pretrained=True,
 pretrained_cfg_overlay=dict(file=PATH))``; :func:`checkpoint_filter_fn` maps the released (Microsoft Swin)
