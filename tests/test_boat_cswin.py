@@ -1,7 +1,9 @@
 """BOAT-CSWin: exactness against the released code, the timm model contract, any input size and batch."""
 import argparse
+import ast
 import logging
 import re
+from pathlib import Path
 
 import pytest
 import timm
@@ -9,7 +11,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import boat_vit.models.boat_cswin as boat_cswin  # registers the models with timm
+import boat_vit.models.boat_swin as boat_swin
 from boat_vit.checkpoint import load_checkpoint_file, load_state_dict_file
+from boat_vit.models._stages import stage_indices
 from boat_vit.models.boat_cswin import BoatCSWin, CrossShapedAttention, checkpoint_filter_fn, is_released_layout
 
 # The configuration of tests/data/reference/boat_cswin_mini.pt, in our argument names.
@@ -471,6 +475,10 @@ def test_forward_intermediates():
         torch.testing.assert_close(early[1], feats[1], rtol=0, atol=0)
     with pytest.raises(ValueError, match="output_fmt"):
         model.forward_intermediates(x, output_fmt="NHWC")
+    for indices in (5, 0, [4], [-5]):
+        with pytest.raises(ValueError, match="out of range"):
+            model.forward_intermediates(x, indices=indices)
+    assert stage_indices(4, [-1, 0]) == ([3, 0], 3) and stage_indices(4, 2) == ([2, 3], 3)
 
     pruned = small()
     assert pruned.prune_intermediate_layers(indices=[1]) == [1]
@@ -553,6 +561,15 @@ def test_fsla_off_variant_and_per_stage_switch():
     # FSLA adds exactly its own layers and norms
     extra = sum(p.numel() for n, p in boat.named_parameters() if ".fsla." in n or ".norm_fsla." in n)
     assert count_params(boat) - count_params(plain) == extra > 0
+
+
+def test_models_import_only_public_timm_names():
+    for module in (boat_cswin, boat_swin):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        private = [name for name in imported if name.startswith("timm") and "._" in name]
+        assert not private, f"{module.__name__} imports timm's private modules {private}"
 
 
 def test_fsla_scale_is_released_one():

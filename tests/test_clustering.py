@@ -1,6 +1,7 @@
 """Balanced hierarchical clustering: the token-count rule, invariants, and agreement with a simple reference."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -181,3 +182,25 @@ def test_sibling_overlap_slots():
     padded = plan_groups(99, 49)  # groups of 50 slots, real counts 50 and 49
     assert sibling_overlap_slots(padded, 20)[1].tolist() == list(range(30, 50))
     assert sibling_overlap_slots(padded, 20)[0].tolist() == list(range(50, 70))
+
+
+def test_torchscript_is_exact():
+    """The scripted clustering (one block of sequences, row-wise sort) equals the eager one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        scripted = torch.jit.script(balanced_clustering)
+    generator = torch.Generator().manual_seed(0)
+    for shape, dtype in [((2, 3, 99, 8), torch.float32), ((4, 200, 8), torch.float64), ((3, 40, 8), torch.bfloat16)]:
+        x = torch.randn(*shape, generator=generator).to(dtype)
+        eager, script = balanced_clustering(x), scripted(x)
+        assert torch.equal(script.order, eager.order) and torch.equal(script.inverse, eager.inverse)
+        assert repr(script.plan) == repr(eager.plan)
+
+
+def test_score_floor_is_the_smallest_normal():
+    for dtype in (torch.float32, torch.float64):
+        assert clustering._smallest_normal(dtype) == torch.finfo(dtype).tiny
+
+
+def test_group_plan_repr():
+    assert repr(plan_groups(99, 49)) == "GroupPlan(num_tokens=99, num_levels=1, group_size=50)"

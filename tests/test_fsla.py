@@ -1,5 +1,7 @@
 """FeatureSpaceLocalAttention: exactness against the released code, the simple reference, and invariants."""
 import math
+import re
+import warnings
 
 import pytest
 import torch
@@ -181,3 +183,27 @@ def test_traces_as_one_graph():
     with torch.no_grad():
         explanation = torch._dynamo.explain(layer)(torch.randn(2, 10, 11, 16))  # padded: 110 tokens
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize(
+    "value_conv, shape, dtype",
+    [
+        (True, (3, 11, 9, 16), torch.float32),
+        (True, (2, 14, 14, 16), torch.float64),
+        (True, (2, 5, 5, 16), torch.float32),
+        (False, (2, 99, 16), torch.float64),
+    ],
+    ids=["padded", "two-levels", "one-group", "sequences"],
+)
+def test_torchscript_is_exact(value_conv, shape, dtype):
+    """The scripted layer computes bit for bit what the eager one does, clustering included."""
+    layer = _layer(value_conv=value_conv).to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        scripted = torch.jit.script(layer)
+    x = _input(*shape, dtype=dtype)
+    with torch.no_grad():
+        assert torch.equal(scripted(x), layer(x))
+    wrong = (2, 5, 16) if value_conv else (5, 16)
+    with pytest.raises(torch.jit.Error, match=re.escape(f"got shape {wrong}")):  # the eager message
+        scripted(_input(*wrong, dtype=dtype))

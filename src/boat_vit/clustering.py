@@ -24,10 +24,16 @@ No gradient flows through the clustering. Half-precision inputs are clustered in
 float64. Every operation is batched over sequences and groups; Python loops run over levels and
 refinement iterations only, plus, on CPU, over cache-sized blocks of whole sequences (decided by shapes
 alone; results do not depend on it).
+
+Compilers and exporters: the module compiles with ``torch.jit.script`` (TorchScript), and traces with
+``torch.compile``, ``torch.export`` and the ONNX exporter. The group layout is Python arithmetic on the token
+count, so traced graphs are specialised to a token count (a dynamic batch is fine). Scripted, compiled and
+exported code splits all sequences at once (no cache-sized blocks); exported code sorts row-wise, which
+export targets express (ONNX TopK) and which breaks exact ties differently (:func:`_sort_within_groups`).
 """
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,17 +49,24 @@ _NORM_EPS = 1e-12  # as torch.nn.functional.normalize
 _CHUNK_ROWS = 1 << 16
 
 
-@dataclass(frozen=True)
 class GroupPlan:
-    """How ``num_tokens`` tokens are laid out in ``2**num_levels`` groups of ``group_size`` slots."""
+    """How ``num_tokens`` tokens are laid out in ``2**num_levels`` groups of ``group_size`` slots.
 
-    num_tokens: int
-    num_levels: int
-    group_size: int
+    A plain class, not a dataclass: TorchScript compiles neither frozen dataclasses nor dataclasses that it
+    first meets in a type annotation.
+    """
+
+    def __init__(self, num_tokens: int, num_levels: int, group_size: int) -> None:
+        self.num_tokens = num_tokens
+        self.num_levels = num_levels
+        self.group_size = group_size
+
+    def __repr__(self) -> str:
+        return f"GroupPlan(num_tokens={self.num_tokens}, num_levels={self.num_levels}, group_size={self.group_size})"
 
     @property
     def num_groups(self) -> int:
-        return 2**self.num_levels
+        return 1 << self.num_levels
 
     @property
     def num_slots(self) -> int:
@@ -64,7 +77,7 @@ class GroupPlan:
     def num_padding(self) -> int:
         return self.num_slots - self.num_tokens
 
-    def real_counts(self, level: int, device: torch.device | None = None) -> torch.Tensor:
+    def real_counts(self, level: int, device: Optional[torch.device] = None) -> torch.Tensor:
         """Real (non-padding) tokens in each of the ``2**level`` groups of a level, shape ``(2**level,)``."""
         counts = torch.tensor([self.num_tokens], device=device)
         for _ in range(level):
@@ -72,9 +85,10 @@ class GroupPlan:
         return counts
 
 
-@dataclass(frozen=True)
 class Clustering:
     """Result of :func:`balanced_clustering` for ``S`` sequences of ``N`` tokens (leading dims flattened).
+
+    A plain class for TorchScript, as :class:`GroupPlan`.
 
     Attributes:
         plan: The group layout.
@@ -83,9 +97,10 @@ class Clustering:
         inverse: ``(S, N)`` slot of every token, so ``order.gather(1, inverse) == arange(N)``.
     """
 
-    plan: GroupPlan
-    order: torch.Tensor
-    inverse: torch.Tensor
+    def __init__(self, plan: GroupPlan, order: torch.Tensor, inverse: torch.Tensor) -> None:
+        self.plan = plan
+        self.order = order
+        self.inverse = inverse
 
     @property
     def groups(self) -> torch.Tensor:
@@ -101,9 +116,10 @@ def plan_groups(num_tokens: int, group_size: int = DEFAULT_GROUP_SIZE) -> GroupP
         raise ValueError(f"group_size must be >= 2, got {group_size}")
     if num_tokens <= group_size:
         return GroupPlan(num_tokens, 0, num_tokens)
-    num_levels = (num_tokens // group_size).bit_length() - 1
-    num_groups = 2**num_levels
-    return GroupPlan(num_tokens, num_levels, -(-num_tokens // num_groups))
+    num_levels = 0
+    while group_size << (num_levels + 1) <= num_tokens:
+        num_levels += 1
+    return GroupPlan(num_tokens, num_levels, -(-num_tokens // (1 << num_levels)))
 
 
 def _split_slots(plan: GroupPlan, level: int, device: torch.device) -> torch.Tensor:
@@ -129,16 +145,18 @@ def _sort_within_groups(score: torch.Tensor) -> torch.Tensor:
 
     float32 rows are sorted in one flat pass over 64-bit keys ``(row << 32) | bits(score)``: the bits of a
     non-negative float32 order like its value, and one flat integer sort beats many small float sorts on
-    CPU. Other dtypes use a stable row-wise sort. While exporting (ONNX, ``torch.export``) it is a plain
-    row-wise sort, which export targets can express (TopK); it differs only in how exact ties are broken.
+    CPU. Other dtypes, and scripted code (TorchScript has no dtype view), use a stable row-wise sort: the same
+    order. While exporting (ONNX, ``torch.export``) it is a plain row-wise sort, which export targets can
+    express (TopK); it differs only in how exact ties are broken.
     """
     num_rows, n = score.shape
-    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
-        return score.sort(dim=-1).indices + torch.arange(0, num_rows * n, n, device=score.device)[:, None]
-    if score.dtype == torch.float32:
-        row_keys = torch.arange(0, num_rows << 32, 1 << 32, device=score.device)[:, None]
-        keys = row_keys + score.contiguous().view(torch.int32)  # bits < 2**31, so + is |
-        return keys.flatten().sort(stable=True).indices.view(num_rows, n)
+    if not torch.jit.is_scripting():  # TorchScript compiles neither branch
+        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            return score.sort(dim=-1).indices + torch.arange(0, num_rows * n, n, device=score.device)[:, None]
+        if score.dtype == torch.float32:
+            row_keys = torch.arange(0, num_rows << 32, 1 << 32, device=score.device)[:, None]
+            keys = row_keys + score.contiguous().view(torch.int32)  # bits < 2**31, so + is |
+            return keys.flatten().sort(stable=True).indices.view(num_rows, n)
     return score.sort(dim=-1, stable=True).indices + torch.arange(0, num_rows * n, n, device=score.device)[:, None]
 
 
@@ -161,11 +179,13 @@ def balanced_clustering(
         The group layout, the grouped token order and its inverse.
     """
     if x.ndim < 2 or x.shape[-2] == 0 or x.shape[-1] == 0:
-        raise ValueError(f"expected (*, tokens, features) with tokens, features >= 1, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"expected (*, tokens, features) with tokens, features >= 1, got shape {_format_shape(x.shape)}"
+        )
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    *lead, num_tokens, dim = x.shape
-    num_seq = math.prod(lead)
+    num_tokens, dim = x.shape[-2], x.shape[-1]
+    num_seq = x.numel() // (num_tokens * dim)
     plan = plan_groups(num_tokens, group_size)
     device = x.device
     work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -175,14 +195,18 @@ def balanced_clustering(
         else:
             # On CPU, chunks of whole sequences, each split through all levels before the next, so that a
             # chunk's rows stay in cache across the passes of a level; the row buffers serve every chunk.
-            parts = list(_sequence_chunks(x.detach(), _sequences_per_chunk(num_seq, plan.num_slots, device)))
-            largest = max(math.prod(part.shape[:-2]) for part in parts)
-            work = torch.empty(largest, plan.num_slots, dim, dtype=work_dtype, device=device)
-            spare = torch.empty_like(work) if plan.num_levels > 1 else None
-            orders = []
-            for part in parts:
-                rows = work[: math.prod(part.shape[:-2])]
-                slots = rows.view(*part.shape[:-2], plan.num_slots, dim)
+            if torch.jit.is_scripting():
+                parts = [x.detach()]
+            else:
+                parts = list(_sequence_chunks(x.detach(), _sequences_per_chunk(num_seq, plan.num_slots, device)))
+            sizes = [part.numel() // (num_tokens * dim) for part in parts]
+            work = torch.empty(max(sizes), plan.num_slots, dim, dtype=work_dtype, device=device)
+            # a second row buffer for the gathers between levels (one level needs none: work stands in)
+            spare = torch.empty_like(work) if plan.num_levels > 1 else work
+            orders: List[torch.Tensor] = []
+            for part, size in zip(parts, sizes):
+                rows = work[:size]
+                slots = rows.view(list(part.shape[:-2]) + [plan.num_slots, dim])
                 slots[..., :num_tokens, :].copy_(part)
                 slots[..., num_tokens:, :].zero_()  # padding rows
                 orders.append(_split_levels(rows, plan, iterations, temperature, spare))
@@ -192,11 +216,16 @@ def balanced_clustering(
     return Clustering(plan, order, inverse)
 
 
+def _format_shape(shape: List[int]) -> str:
+    """``(2, 3, 4)``-style text of a shape, the same eager and scripted (TorchScript shapes are lists)."""
+    return "(" + ", ".join([str(size) for size in shape]) + ("," if len(shape) == 1 else "") + ")"
+
+
 def _sequences_per_chunk(num_seq: int, num_slots: int, device: torch.device) -> int:
     """How many sequences to split together.
 
-    All of them on accelerators and while compiling or exporting (one graph); on CPU about ``_CHUNK_ROWS``
-    rows' worth, which keeps a chunk in cache.
+    All of them on accelerators and while compiling or exporting (one graph; scripted code too); on CPU about
+    ``_CHUNK_ROWS`` rows' worth, which keeps a chunk in cache.
     """
     if device.type != "cpu" or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return num_seq
@@ -227,7 +256,8 @@ def _split_levels(
     plan: GroupPlan,
     iterations: int,
     temperature: float,
-    spare: torch.Tensor | None,
+    spare: torch.Tensor,
+    eps: float = _NORM_EPS,
 ) -> torch.Tensor:
     """All levels of splits for a chunk of sequences (module docstring); returns their ``(S, num_slots)`` order.
 
@@ -236,21 +266,26 @@ def _split_levels(
         plan: The group layout.
         iterations: Centre refinements per split.
         temperature: Sharpness of the soft assignment.
-        spare: Gather target of at least ``work``'s size, used in turn with ``work`` (more than one level).
+        spare: Gather target of at least ``work``'s size, used in turn with ``work`` (read only with more than
+            one level).
+        eps: Floor of the token norms (an argument, not a global: TorchScript reads no global numbers).
     """
-    num_seq, _, dim = work.shape
+    num_seq, dim = work.shape[0], work.shape[-1]
     device = work.device
     work = work.view(-1, dim)
-    inv_norm = 1 / torch.linalg.vector_norm(work, dim=-1).clamp_min(_NORM_EPS)  # cosine = dot * inv_norm
-    if spare is not None:
-        spare = spare.view(-1, dim)[: work.shape[0]]
+    inv_norm = torch.linalg.vector_norm(work, dim=-1).clamp_min(eps).reciprocal()  # cosine = dot * inv_norm
+    spare = spare.view(-1, dim)[: work.shape[0]]
+    tiny = _smallest_normal(work.dtype)
     order = torch.arange(plan.num_slots, device=device).repeat(num_seq)
     for level in range(plan.num_levels):
         n = plan.num_slots >> level
         groups = work.view(-1, n, dim)
+        is_padding: Optional[torch.Tensor] = None
         if plan.num_padding:
             real = plan.real_counts(level, device).repeat(num_seq)[:, None]
-            in_first = torch.arange(n, device=device)[None, :] < (real + 1) // 2
+            slot = torch.arange(n, device=device)[None, :]
+            is_padding = slot >= real
+            in_first = slot < (real + 1) // 2
             halves = torch.stack([in_first, ~in_first], dim=1).to(work.dtype)  # padding rows are 0
             half_sums = halves.bmm(groups)
         else:
@@ -266,10 +301,10 @@ def _split_levels(
             centres = F.normalize(torch.stack([sum_first, total - sum_first], dim=1), dim=-1)
         cos = torch.matmul(centres, groups.transpose(1, 2)).mul_(inv_norm_groups)
         # (1 + cos0) / (1 + cos1), kept positive and finite so that padding (inf) sorts last
-        shifted = cos.add_(1).clamp_min_(torch.finfo(work.dtype).tiny)
+        shifted = cos.add_(1).clamp_min_(tiny)
         score = shifted[:, 0] / shifted[:, 1]
-        if plan.num_padding:
-            score = score.masked_fill(torch.arange(n, device=device)[None, :] >= real, float("inf"))
+        if is_padding is not None:
+            score = score.masked_fill(is_padding, float("inf"))
         rows = _sort_within_groups(score)
         if plan.num_padding:
             split = _split_slots(plan, level, device)
@@ -280,6 +315,11 @@ def _split_levels(
             work, spare = torch.index_select(work, 0, rows, out=spare), work
             inv_norm = inv_norm.index_select(0, rows)
     return order.view(num_seq, -1)
+
+
+def _smallest_normal(dtype: torch.dtype) -> float:
+    """``torch.finfo(dtype).tiny`` of the working dtypes, written out: TorchScript has no ``finfo``."""
+    return 2.2250738585072014e-308 if dtype == torch.float64 else 1.1754943508222875e-38
 
 
 def sibling_overlap_slots(plan: GroupPlan, overlap: int, device: torch.device | None = None) -> torch.Tensor:

@@ -3,11 +3,12 @@ record the groups a model used (:func:`record_clusters`)."""
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from .clustering import (
     DEFAULT_GROUP_SIZE,
@@ -15,6 +16,7 @@ from .clustering import (
     DEFAULT_TEMPERATURE,
     Clustering,
     GroupPlan,
+    _format_shape,
     balanced_clustering,
     sibling_overlap_slots,
 )
@@ -33,6 +35,7 @@ VALUE_CONV_KERNEL = 3
 _FSLA_NAME = re.compile(r"(?:^|\.)(\d+)\.blocks\.(\d+)\.")  # stage and block in a module name
 
 
+@register_notrace_module  # FX: the group layout is Python control flow on the token count
 class FeatureSpaceLocalAttention(nn.Module):
     """Multi-head attention inside balanced content clusters (BOAT's FSLA).
 
@@ -43,6 +46,9 @@ class FeatureSpaceLocalAttention(nn.Module):
 
     Inputs are ``(B, H, W, C)`` token maps or, with ``value_conv=False``, ``(B, N, C)`` sequences. The
     output has the input's shape. An image's output never depends on the other images of the batch.
+
+    The layer scripts with ``torch.jit.script`` and exports (``torch.export``, ONNX) for a fixed token count;
+    ``torch.fx`` tracing keeps it whole, as a leaf module registered with timm (``register_notrace_module``).
 
     Args:
         dim: Channels ``C``.
@@ -111,10 +117,11 @@ class FeatureSpaceLocalAttention(nn.Module):
         ndims = (4,) if self.get_v is not None else (3, 4)
         if x.ndim not in ndims or x.shape[-1] != self.dim:
             raise ValueError(
-                f"{type(self).__name__} expected input {expected} with C={self.dim}, got shape {tuple(x.shape)}"
+                f"FeatureSpaceLocalAttention expected input {expected} with C={self.dim}, "
+                f"got shape {_format_shape(x.shape)}"
             )
         if x.shape[0] == 0 or x[0].numel() == 0:
-            raise ValueError(f"{type(self).__name__} got an empty input of shape {tuple(x.shape)}")
+            raise ValueError(f"FeatureSpaceLocalAttention got an empty input of shape {_format_shape(x.shape)}")
 
     def forward(self, x: torch.Tensor, clustering: Optional[Clustering] = None) -> torch.Tensor:
         """Applies FSLA.
@@ -129,7 +136,7 @@ class FeatureSpaceLocalAttention(nn.Module):
 
     def forward_with_clusters(
         self, x: torch.Tensor, clustering: Optional[Clustering] = None
-    ) -> tuple[torch.Tensor, Clustering]:
+    ) -> Tuple[torch.Tensor, Clustering]:
         """Like :meth:`forward`, also returning the clustering used (sequence ``b * num_heads + h``)."""
         self._check_input(x)
         shape = x.shape
@@ -150,7 +157,7 @@ class FeatureSpaceLocalAttention(nn.Module):
             )
         plan = clustering.plan
 
-        lepe = None
+        lepe: Optional[torch.Tensor] = None
         if self.get_v is not None:  # depthwise convolution of the values as a (B, C, H, W) view
             lepe = self.get_v(qkv[..., 2 * channels :].reshape(shape).permute(0, 3, 1, 2))
 
@@ -159,13 +166,18 @@ class FeatureSpaceLocalAttention(nn.Module):
         seq = torch.arange(num_seq, device=x.device)
         token = clustering.order.clamp(max=num_tokens - 1)
         q_rows = (((seq // heads)[:, None] * num_tokens + token) * 3 * heads + (seq % heads)[:, None]).flatten()
-        q, k, v = (qkv.view(-1, head_dim).index_select(0, q_rows + part * heads) for part in range(3))
-        qkv = None  # released before the attention (peak memory)
+        rows = qkv.view(-1, head_dim)
+        q = rows.index_select(0, q_rows)
+        k = rows.index_select(0, q_rows + heads)
+        v = rows.index_select(0, q_rows + 2 * heads)
+        if not torch.jit.is_scripting():  # TorchScript frees tensors after their last use by itself
+            qkv = rows = None  # released before the attention (peak memory)
         q, k, v, mask = self._sibling_windows(q, k, v, plan)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
         )
-        q = k = v = None  # released before the way back
+        if not torch.jit.is_scripting():
+            q = k = v = None  # released before the way back
 
         # Back to token order: row (b, token, head) of the output is slot inverse[b * heads + head, token].
         out_rows = (seq[:, None] * plan.num_slots + clustering.inverse).view(batch, heads, num_tokens)
@@ -196,11 +208,12 @@ class FeatureSpaceLocalAttention(nn.Module):
         """
         size, head_dim = plan.group_size, q.shape[-1]
         if not plan.num_levels:  # a single group: plain attention, no sibling
-            return *(t.view(-1, 1, size, head_dim) for t in (q, k, v)), None
+            return q.view(-1, 1, size, head_dim), k.view(-1, 1, size, head_dim), v.view(-1, 1, size, head_dim), None
         window = size + self.overlap + (1 if plan.num_padding else 0)
         step = 2 * size - window
         q = q.view(-1, 2, size, head_dim)
-        k, v = (t.view(-1, 2 * size, head_dim).unfold(1, window, step).transpose(-1, -2) for t in (k, v))
+        k = k.view(-1, 2 * size, head_dim).unfold(1, window, step).transpose(-1, -2)
+        v = v.view(-1, 2 * size, head_dim).unfold(1, window, step).transpose(-1, -2)
         if not plan.num_padding:
             return q, k, v, None
         # keys wanted by each group, as positions in its pair's 2 * size slots

@@ -30,6 +30,14 @@ The released code runs only at 224x224 and pairs the images of a batch in the st
 At 224x224 every computation before the stage-4 FSLA equals the released code; the stage-4 FSLA differs
 from it only by the released cross-image pairing, which is a bug.
 
+Deployment
+----------
+``torch.fx`` traces the models with timm's leaf registry (as timm's and torchvision's feature extraction do):
+FSLA is a leaf module, and :func:`stripe_attention` and :func:`check_image` are leaf functions (their padding
+and checks are Python control flow on the map size); everything else is traced. ``torch.jit.script``
+compiles the models, which then run at any batch and size with results identical to eager PyTorch.
+``torch.export`` and ONNX (:mod:`boat_vit.export`) trace them with a dynamic batch for one image size.
+
 Weights
 -------
 The released checkpoints (github.com/mahaoyuHKU/pytorch-boat) live on an external host; load a local copy
@@ -44,6 +52,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Uni
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.jit import Final
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     ClassifierHead,
@@ -51,18 +60,27 @@ from timm.layers import (
     Mlp,
     calculate_drop_path_rates,
     get_device_dtype,
+    register_notrace_function,
     to_2tuple,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..checkpoint import fill_missing_from_model, register_layout_conversion, select_state_dict
+from ..clustering import _format_shape
 from ..layers import FeatureSpaceLocalAttention
 from ._metadata import BOAT_PAPER_CFG
+from ._stages import per_stage, stage_indices
 
-__all__ = ["BoatCSWin", "BoatCSWinBlock", "CrossShapedAttention", "checkpoint_filter_fn", "is_released_layout"]
+__all__ = [
+    "BoatCSWin",
+    "BoatCSWinBlock",
+    "ConvStem",
+    "CrossShapedAttention",
+    "checkpoint_filter_fn",
+    "is_released_layout",
+    "stripe_attention",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -70,15 +88,12 @@ _BoolOrBools = Union[bool, Sequence[bool]]
 
 # The released BOAT-CSWin builds its FSLA with ``qk_scale=qkv_bias`` (True), so the logit scale is 1.0.
 RELEASED_FSLA_SCALE = 1.0
-
-
-def _stage_tuple(value: Any, num_stages: int, name: str) -> Tuple[Any, ...]:
-    """One value per stage from a scalar or a sequence of ``num_stages`` values."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != num_stages:
-            raise ValueError(f"{name} needs one value per stage ({num_stages}), got {tuple(value)}")
-        return tuple(value)
-    return (value,) * num_stages
+# CSWin's stem (``stage1_conv_embed``): overlapping 7x7 patches every 4 pixels
+STEM_KERNEL, STEM_STRIDE, STEM_PADDING = 7, 4, 2
+# token merging between stages: a 3x3 convolution of stride 2
+MERGE_KERNEL, MERGE_STRIDE = 3, 2
+# LePE: a depthwise convolution of the values inside each stripe
+LEPE_KERNEL = 3
 
 
 class CrossShapedAttention(nn.Module):
@@ -91,6 +106,8 @@ class CrossShapedAttention(nn.Module):
 
     State-dict keys: ``qkv.*``, ``lepe.{branch}.*``, ``proj.*``.
     """
+
+    whole_map: Final[bool]  # one branch; a TorchScript constant, so only the branches in use are compiled
 
     def __init__(
         self,
@@ -120,12 +137,14 @@ class CrossShapedAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.split_size = split_size
         self.num_branches = num_branches
+        self.whole_map = num_branches == 1
         self.scale = self.head_dim**-0.5
         self.attn_drop = attn_drop
         branch_dim = dim // num_branches
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.lepe = nn.ModuleList(
-            nn.Conv2d(branch_dim, branch_dim, 3, padding=1, groups=branch_dim, **dd) for _ in range(num_branches)
+            nn.Conv2d(branch_dim, branch_dim, LEPE_KERNEL, padding=LEPE_KERNEL // 2, groups=branch_dim, **dd)
+            for _ in range(num_branches)
         )
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -136,73 +155,95 @@ class CrossShapedAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
         qkv = self.qkv(x).view(batch, height, width, 3, channels)
-        if self.num_branches == 1:
+        heads = self.num_heads // self.num_branches
+        dropout_p = self.attn_drop if self.training else 0.0
+        if self.whole_map:
             # one window over the whole map: a stripe as tall as the map
-            out = self._stripes(qkv, self.lepe[0].weight, self.lepe[0].bias, height)
+            out = stripe_attention(qkv, self.lepe[0].weight, self.lepe[0].bias, height, heads, self.scale, dropout_p)
         else:
             half = channels // 2
             split = self.split_size
             # vertical stripes (full height, `split` columns) are horizontal stripes of the transposed map
-            vertical = self._stripes(
+            vertical = stripe_attention(
                 qkv[..., :half].transpose(1, 2),
                 self.lepe[0].weight.transpose(-1, -2),
                 self.lepe[0].bias,
-                min(split, width),
+                split,
+                heads,
+                self.scale,
+                dropout_p,
             ).transpose(1, 2)
             # horizontal stripes: `split` rows, full width
-            horizontal = self._stripes(qkv[..., half:], self.lepe[1].weight, self.lepe[1].bias, min(split, height))
+            horizontal = stripe_attention(
+                qkv[..., half:], self.lepe[1].weight, self.lepe[1].bias, split, heads, self.scale, dropout_p
+            )
             out = torch.cat([vertical, horizontal], dim=-1)
         return self.proj_drop(self.proj(out))
 
-    def _stripes(
-        self,
-        qkv: torch.Tensor,
-        lepe_weight: torch.Tensor,
-        lepe_bias: Optional[torch.Tensor],
-        rows: int,
-    ) -> torch.Tensor:
-        """Attention inside horizontal stripes of ``rows`` rows x full width, plus LePE.
 
-        ``qkv``: ``(B, H, W, 3, c)``, any strides; returns ``(B, H, W, c)``. Stripes are whole rows of the
-        row-major token map, so the stripes of an unpadded map are views; the last stripe is padded with zero
-        tokens (masked as keys) when ``rows`` does not divide ``H``.
-        """
-        batch, height, width, _, channels = qkv.shape
-        heads = self.num_heads // self.num_branches
-        head_dim = channels // heads
-        pad = -height % rows
-        if pad:
-            # zeros: padded values add nothing to LePE (as at any stripe border); padded keys are masked
-            qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad))
-        padded = height + pad
-        num_stripes, stripe_len = batch * (padded // rows), rows * width
-        # (stripes, tokens, 3, heads, d): a view when possible (rows of a row-major map), else one copy
-        qkv = qkv.reshape(num_stripes, stripe_len, 3, heads, head_dim)
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+@register_notrace_function  # FX: the stripe padding is Python control flow on the map size
+def stripe_attention(
+    qkv: torch.Tensor,
+    lepe_weight: torch.Tensor,
+    lepe_bias: Optional[torch.Tensor],
+    rows: int,
+    num_heads: int,
+    scale: float,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention inside horizontal stripes of ``min(rows, H)`` rows x full width, plus LePE.
 
-        mask = None
-        if pad:
-            valid = torch.arange(padded, device=qkv.device).view(-1, rows, 1) < height
-            valid = valid.expand(-1, -1, width).reshape(1, -1, 1, 1, stripe_len)
-            mask = valid.expand(batch, -1, -1, -1, -1).reshape(num_stripes, 1, 1, stripe_len)
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-        )  # (stripes, heads, tokens, d)
+    Stripes are whole rows of the row-major token map, so the stripes of an unpadded map are views; the last
+    stripe is padded with zero tokens (masked as keys) when the stripe height does not divide ``H``.
 
-        # LePE: each stripe is an image of `rows` x W pixels; channels-last, so the stripes are a free view
-        values = qkv[:, :, 2].reshape(num_stripes, rows, width, channels)
-        lepe = F.conv2d(
-            values.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last),
-            lepe_weight,
-            lepe_bias,
-            padding=1,
-            groups=channels,
-        ).permute(0, 2, 3, 1)  # (stripes, rows, W, c)
+    Args:
+        qkv: ``(B, H, W, 3, c)`` queries, keys and values, any strides.
+        lepe_weight: ``(c, 1, k, k)`` depthwise LePE kernel.
+        lepe_bias: ``(c,)`` LePE bias or ``None``.
+        rows: Stripe height; a stripe is never taller than the map.
+        num_heads: Heads sharing the ``c`` channels.
+        scale: Attention logit scale.
+        dropout_p: Dropout on attention weights.
 
-        # in place on the convolution's output (its backward does not need it)
-        shape = (batch, padded, width, channels)
-        out = lepe.reshape(shape).add_(attn.transpose(1, 2).reshape(shape))
-        return out[:, :height] if pad else out
+    Returns:
+        ``(B, H, W, c)``.
+    """
+    batch, height, width, channels = qkv.shape[0], qkv.shape[1], qkv.shape[2], qkv.shape[4]
+    rows = min(rows, height)
+    head_dim = channels // num_heads
+    pad = -height % rows
+    if pad:
+        # zeros: padded values add nothing to LePE (as at any stripe border); padded keys are masked
+        qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad))
+    padded = height + pad
+    num_stripes, stripe_len = batch * (padded // rows), rows * width
+    # (stripes, tokens, 3, heads, d): a view when possible (rows of a row-major map), else one copy
+    qkv = qkv.reshape(num_stripes, stripe_len, 3, num_heads, head_dim)
+    q, k, v = qkv.unbind(2)
+
+    mask: Optional[torch.Tensor] = None
+    if pad:
+        valid = torch.arange(padded, device=qkv.device).view(-1, rows, 1) < height
+        valid = valid.expand(-1, -1, width).reshape(1, -1, 1, 1, stripe_len)
+        mask = valid.expand(batch, -1, -1, -1, -1).reshape(num_stripes, 1, 1, stripe_len)
+    attn = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p, scale=scale
+    )  # (stripes, heads, tokens, d)
+
+    # LePE: each stripe is an image of `rows` x W pixels; channels-last, so the stripes are a free view
+    values = qkv[:, :, 2].reshape(num_stripes, rows, width, channels)
+    lepe = F.conv2d(
+        values.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last),
+        lepe_weight,
+        lepe_bias,
+        padding=lepe_weight.shape[-1] // 2,
+        groups=channels,
+    ).permute(0, 2, 3, 1)  # (stripes, rows, W, c)
+
+    # in place on the convolution's output (its backward does not need it)
+    shape = [batch, padded, width, channels]
+    out = lepe.reshape(shape).add_(attn.transpose(1, 2).reshape(shape))
+    return out[:, :height] if pad else out
 
 
 class BoatCSWinBlock(nn.Module):
@@ -256,12 +297,19 @@ class BoatCSWinBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class PatchEmbed(nn.Module):
-    """Convolutional stem: 7x7 stride-4 convolution, then LayerNorm; ``(B, C, H, W)`` -> ``(B, H/4, W/4, D)``."""
+class ConvStem(nn.Module):
+    """CSWin's stem: 7x7 stride-4 convolution (padding 2), then LayerNorm; ``(B, C, H, W)`` -> ``(B, H', W', D)``.
+
+    Not timm's ``PatchEmbed``: that one's kernel equals its stride (non-overlapping patches, ``H / 4`` tokens
+    high), while CSWin's patches overlap and its map is ``(H - 3) // 4 + 1`` tokens high. Keys ``proj.*``,
+    ``norm.*`` (as ``PatchEmbed``'s).
+    """
 
     def __init__(self, in_chans: int, embed_dim: int, norm_layer: type = nn.LayerNorm, device=None, dtype=None):
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, 7, stride=4, padding=2, device=device, dtype=dtype)
+        self.proj = nn.Conv2d(
+            in_chans, embed_dim, STEM_KERNEL, stride=STEM_STRIDE, padding=STEM_PADDING, device=device, dtype=dtype
+        )
         self.norm = norm_layer(embed_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,7 +321,9 @@ class MergeBlock(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, norm_layer: type = nn.LayerNorm, device=None, dtype=None):
         super().__init__()
-        self.conv = nn.Conv2d(dim, out_dim, 3, stride=2, padding=1, device=device, dtype=dtype)
+        self.conv = nn.Conv2d(
+            dim, out_dim, MERGE_KERNEL, stride=MERGE_STRIDE, padding=MERGE_KERNEL // 2, device=device, dtype=dtype
+        )
         self.norm = norm_layer(out_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -394,9 +444,9 @@ class BoatCSWin(nn.Module):
         num_stages = len(depths)
         if num_stages < 1:
             raise ValueError("depths must name at least one stage")
-        num_heads = _stage_tuple(num_heads, num_stages, "num_heads")
-        split_size = _stage_tuple(split_size, num_stages, "split_size")
-        fsla = _stage_tuple(fsla, num_stages, "fsla")
+        num_heads = per_stage(num_heads, num_stages, "num_heads")
+        split_size = per_stage(split_size, num_stages, "split_size")
+        fsla = per_stage(fsla, num_stages, "fsla")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -408,7 +458,7 @@ class BoatCSWin(nn.Module):
         dims = [embed_dim * 2**i for i in range(num_stages)]
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, norm_layer, **dd)
+        self.patch_embed = ConvStem(in_chans, embed_dim, norm_layer, **dd)
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages = []
         self.feature_info = []
@@ -498,13 +548,6 @@ class BoatCSWin(nn.Module):
         if img_size is not None:
             self.img_size = to_2tuple(img_size)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        if self.strict_img_size and tuple(x.shape[-2:]) != self.img_size:
-            raise ValueError(
-                f"input size {tuple(x.shape[-2:])} != img_size {self.img_size} (strict_img_size=True)"
-            )
 
     def forward_intermediates(
         self,
@@ -521,8 +564,8 @@ class BoatCSWin(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        self._check_input(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        check_image(x, self.in_chans, self.img_size, self.strict_img_size)
+        take_indices, max_index = stage_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
         intermediates = []
@@ -541,7 +584,7 @@ class BoatCSWin(nn.Module):
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        take_indices, max_index = stage_indices(len(self.stages), indices)
         prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[: max_index + 1]
         if prune_norm or prune_end:
@@ -558,7 +601,7 @@ class BoatCSWin(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised last-stage features, ``(B, C, H, W)``."""
-        self._check_input(x)
+        check_image(x, self.in_chans, self.img_size, self.strict_img_size)
         x = self.patch_embed(x)
         x = self.stages(x)
         return self._apply_norm(x)
@@ -568,6 +611,18 @@ class BoatCSWin(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+@register_notrace_function  # FX: checks of the input's shape (FX wraps no function named _*)
+def check_image(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], strict_img_size: bool) -> None:
+    """Raises ``ValueError`` unless ``x`` is ``(B, in_chans, H, W)``, with ``(H, W) == img_size`` if strict."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected input (B, {in_chans}, H, W), got shape {_format_shape(x.shape)}")
+    if strict_img_size and (x.shape[2] != img_size[0] or x.shape[3] != img_size[1]):
+        raise ValueError(
+            f"input size ({x.shape[2]}, {x.shape[3]}) != img_size ({img_size[0]}, {img_size[1]}) "
+            "(strict_img_size=True)"
+        )
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------

@@ -12,9 +12,21 @@ stages subclass timm's and the model inherits timm's methods (``forward_features
 ``forward_intermediates``, ``set_input_size``, ``set_grad_checkpointing``, ``group_matcher``,
 ``no_weight_decay``, ``reset_classifier``, ...). With ``fsla_stages=False`` it computes exactly timm's Swin.
 
+timm version: timm's ``SwinTransformer.__init__`` has no hook for another stage or block class, and building
+timm's stages only to replace them would draw other random numbers (every initial weight would change).
+So :class:`BoatSwinTransformer` sets up the attributes of timm 1.0.31's ``SwinTransformer.__init__`` itself,
+with the same construction order (the same initial weights for a seed). ``pyproject.toml`` bounds timm to
+``<1.1``, and ``tests/test_boat_swin.py::test_fsla_off_builds_exactly_timm_swin`` fails when timm's Swin
+changes under it (attributes, modules, parameters, initial values, outputs).
+
 Any input size: with ``strict_img_size=False`` (or ``dynamic_img_size=True``) the image is padded to a
 multiple of the patch size, windows are padded as in timm's Swin and FSLA takes any token count; or use
 ``set_input_size`` as for timm's Swin.
+
+Deployment: ``torch.fx`` traces the model with timm's leaf registry (FSLA is a leaf module: its group layout is
+Python control flow on the token count); ``torch.jit.script`` compiles it (results identical to eager
+PyTorch, any batch, and any size with ``dynamic_img_size=True``); ``torch.export`` and ONNX
+(:mod:`boat_vit.export`) trace it with a dynamic batch for one image size.
 
 Weights: the released checkpoints (github.com/mahaoyuHKU/pytorch-boat) live on an external host. Load a
 local copy with ``timm.create_model("boat_swin_tiny_patch4_window7_224", pretrained=True,
@@ -37,6 +49,7 @@ from ..checkpoint import fill_missing_from_model, register_layout_conversion, se
 from ..clustering import DEFAULT_GROUP_SIZE
 from ..layers import DEFAULT_OVERLAP, FeatureSpaceLocalAttention
 from ._metadata import BOAT_PAPER_CFG
+from ._stages import per_stage
 
 __all__ = [
     "BoatSwinTransformer",
@@ -49,11 +62,11 @@ __all__ = [
 _int_or_tuple_2_t = Union[int, Tuple[int, int]]
 
 # released module names -> ours (the FSLA branch of a block and its pre-norm)
-RELEASED_MODULE_NAMES: Dict[str, str] = {"attnC": "fsla", "norm4": "norm_fsla"}
+_RELEASED_MODULE_NAMES: Dict[str, str] = {"attnC": "fsla", "norm4": "norm_fsla"}
 # buffers the released checkpoints store although they are derived from the configuration
-DERIVED_BUFFERS: Tuple[str, ...] = ("relative_position_index", "attn_mask")
+_DERIVED_BUFFERS: Tuple[str, ...] = ("relative_position_index", "attn_mask")
 # a key only the Microsoft layout has: it downsamples at the end of a stage (timm: at the start of the next)
-MICROSOFT_LAYOUT_MARKER = "layers.0.downsample."
+_MICROSOFT_LAYOUT_MARKER = "layers.0.downsample."
 
 
 class BoatSwinTransformerBlock(SwinTransformerBlock):
@@ -264,15 +277,12 @@ class BoatSwinTransformer(SwinTransformer):
         device=None,
         dtype=None,
     ):
-        # SwinTransformer.__init__ would build timm stages: set up the same attributes here with BOAT stages
+        # SwinTransformer.__init__ would build timm stages: set up its attributes here with BOAT stages (see above)
         nn.Module.__init__(self)
         dd = dict(device=device, dtype=dtype)
         num_stages = len(depths)
-        fsla_stages = to_ntuple(num_stages)(fsla_stages)
-        if len(fsla_stages) != num_stages or len(num_heads) != num_stages:
-            raise ValueError(
-                f"need one entry per stage ({num_stages}), got num_heads={num_heads}, fsla_stages={fsla_stages}"
-            )
+        num_heads = per_stage(num_heads, num_stages, "num_heads")
+        fsla_stages = per_stage(fsla_stages, num_stages, "fsla_stages")
         strict_img_size = strict_img_size and not dynamic_img_size
         self.dynamic_img_size = not strict_img_size
         self.num_classes = num_classes
@@ -359,15 +369,15 @@ def _is_fsla_key(key: str) -> bool:
 def is_released_layout(state_dict: Mapping[str, Any]) -> bool:
     """Whether a state dict is in the released / Microsoft Swin layout rather than this model's."""
     return any(
-        k.startswith(MICROSOFT_LAYOUT_MARKER)
-        or k.endswith(DERIVED_BUFFERS)
-        or any(f".{name}." in k for name in RELEASED_MODULE_NAMES)
+        k.startswith(_MICROSOFT_LAYOUT_MARKER)
+        or k.endswith(_DERIVED_BUFFERS)
+        or any(f".{name}." in k for name in _RELEASED_MODULE_NAMES)
         for k in state_dict
     )
 
 
 def _rename_released(key: str) -> str:
-    for released, ours in RELEASED_MODULE_NAMES.items():
+    for released, ours in _RELEASED_MODULE_NAMES.items():
         key = key.replace(f".{released}.", f".{ours}.")
     return key
 
