@@ -214,3 +214,49 @@ def test_onnx_full_size(name, size, tmp_path):
     assert check_export(model, onnx, batches, tolerance=NEAR_TIE_TOLERANCE) <= NEAR_TIE_TOLERANCE
     with torch.no_grad():
         assert all(torch.equal(model(x).argmax(-1), onnx(x).argmax(-1)) for x in batches)
+
+
+# ---- boat-vit export ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(shapes_folder, tmp_path_factory):
+    """A one-epoch training checkpoint of a tiny BOAT-Swin (16x16 images, two classes)."""
+    from boat_vit.cli import main
+    from tiny_data import train_args
+
+    run = tmp_path_factory.mktemp("export") / "run"
+    assert main(train_args(shapes_folder, run, 1)) == 0
+    return run / "last.pth"
+
+
+@pytest.mark.parametrize("fmt, suffix, extra", [("torchscript", ".pt", []),
+                                                 ("exported-program", ".pt2", ["--dynamic-batch"])])
+def test_export_command_checks_random_and_real_inputs(trained_tiny, tmp_path, capsys, fmt, suffix, extra):
+    from boat_vit.cli import main
+
+    output = tmp_path / f"model{suffix}"
+    assert main(["export", SWIN, "--checkpoint", str(trained_tiny), "--format", fmt, "--output", str(output),
+                 *extra]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"wrote {output} ({fmt}, 16x16, batch dynamic); max |exported - eager|: random ")
+    assert ", digits " in line and output.is_file()
+    reloaded = load_exported(output, fmt)
+    assert reloaded(torch.zeros(5, 3, 16, 16)).shape == (5, 2)
+
+
+def test_export_command_fails_above_the_tolerance(trained_tiny, tmp_path, capsys):
+    from boat_vit.cli import main
+
+    assert main(["export", SWIN, "--checkpoint", str(trained_tiny), "--format", "onnx", "--output",
+                 str(tmp_path / "m.onnx"), "--tolerance", "1e-30"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "differ from eager PyTorch by" in error and "> tolerance 1e-30" in error
+
+
+def test_export_command_refuses_another_model(trained_tiny, tmp_path, capsys):
+    from boat_vit.cli import main
+
+    assert main(["export", CSWIN, "--checkpoint", str(trained_tiny), "--format", "onnx", "--output",
+                 str(tmp_path / "m.onnx")]) == 2
+    assert f"holds {SWIN}, not {CSWIN}" in capsys.readouterr().err

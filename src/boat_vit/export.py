@@ -25,8 +25,9 @@ move by more than rounding (BOAT-Swin-T at 224, random images: up to about 1e-3 
 """
 import math
 import os
+import warnings
 from pathlib import Path
-from typing import Callable, List, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -109,7 +110,9 @@ def export_model(
         raise ValueError(f"ONNX export needs opset >= {MIN_OPSET}, got {opset}")
     path = Path(path)
     if fmt == "torchscript":
-        torch.jit.script(model).save(str(path))
+        with warnings.catch_warnings():  # TorchScript is deprecated in PyTorch, and still how many deployments ship
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.script(model).save(str(path))
         return path
     program = _exported_program(model, example, dynamic_batch)
     if fmt == "exported-program":
@@ -128,20 +131,25 @@ def export_model(
     return path
 
 
-def load_exported(path: PathLike, fmt: str) -> Callable[[torch.Tensor], Outputs]:
+def load_exported(path: PathLike, fmt: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], Outputs]:
     """Loads an exported model as a callable from an input batch to the model's outputs (on CPU).
 
-    ONNX runs in onnxruntime (CPU), the others in PyTorch.
+    ONNX runs in onnxruntime (CPU; ``threads`` intra-op threads, default onnxruntime's), the others in PyTorch.
     """
     _check_format(fmt)
     path = Path(path)
     if fmt == "torchscript":
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu")
     if fmt == "exported-program":
         return torch.export.load(path).module()
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
     def run(images: torch.Tensor) -> Outputs:

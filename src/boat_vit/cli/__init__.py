@@ -2,7 +2,8 @@
 
 The top of the package: every command is a thin shell over importable functions, and nothing in the
 package imports this one. Commands are grouped by task: :mod:`.classification` (train, eval, predict),
-:mod:`.segmentation` (seg-train, seg-eval, seg-predict) and :mod:`.tools` (convert, bench, show-clusters).
+:mod:`.segmentation` (seg-train, seg-eval, seg-predict) and :mod:`.tools` (convert, export, bench,
+show-clusters).
 
 Bad input never ends in a traceback: it is one line, ``boat-vit COMMAND: error: ...`` naming the option,
 file or value at fault, and exit status 2.
@@ -12,6 +13,7 @@ import sys
 from typing import NoReturn, Optional, Sequence
 
 from ..engine import NonFiniteLossError
+from ..export import ExportMismatchError
 from . import classification, segmentation, tools
 from .options import USAGE_ERROR
 
@@ -20,7 +22,7 @@ __all__ = ["USAGE_ERROR", "build_parser", "main"]
 INTERRUPTED = 130  # exit status after Ctrl-C, as shells report SIGINT
 
 # What a command raises for bad input or a run that cannot go on; anything else is a bug and keeps its traceback.
-USER_ERRORS = (OSError, ValueError, NonFiniteLossError)
+USER_ERRORS = (OSError, ValueError, NonFiniteLossError, ExportMismatchError)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -1,5 +1,5 @@
-"""``boat-vit convert``, ``bench`` and ``show-clusters``: shells over the checkpoint, measuring and picture
-functions."""
+"""``boat-vit convert``, ``export``, ``bench`` and ``show-clusters``: shells over the checkpoint, export,
+measuring and picture functions."""
 import argparse
 import json
 import logging
@@ -7,11 +7,22 @@ from pathlib import Path
 from typing import Optional
 
 from .. import bench as bench_api
+from .. import export as export_api
 from .. import visualize
 from ..checkpoint import convert_checkpoint
-from ..engine import default_device
+from ..classification import load_classifier
+from ..classification.data import DigitsDataset
+from ..classification.evaluate import eval_transform_for
+from ..engine import default_device, set_threads
 from ..models import create_model
-from .options import add_amp_arguments, add_device_argument, json_object, positive_int
+from .options import (
+    add_amp_arguments,
+    add_device_argument,
+    add_threads_argument,
+    json_object,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["add_parsers"]
 
@@ -24,6 +35,46 @@ def _run_convert(args: argparse.Namespace) -> int:
                                                                                           sort_keys=True)})
     source = f"entry {written['source_key']!r}" if written["source_key"] else "the whole file"
     print(f"wrote {args.output} ({args.model}, weights from {source} of {args.input})")
+    return 0
+
+
+EXPORT_SEED = 0  # of the random check inputs
+DIGITS_CHECKED = 4  # real images (the embedded digits' validation split) the export is checked on
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    set_threads(args.threads)
+    if args.checkpoint:
+        model, _, data_config = load_classifier(args.checkpoint, weights=args.pretrained_file, use_ema=args.ema)
+        if args.model != model.pretrained_cfg.get("architecture", args.model):
+            raise ValueError(f"{args.checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {args.model}")
+    else:
+        model, _, data_config = load_classifier(model_name=args.model, weights=args.pretrained_file)
+    size = tuple(args.img_size) if args.img_size else tuple(data_config["input_size"][1:])
+    size = (size[0], size[-1])
+    if size != tuple(data_config["input_size"][1:]) and hasattr(model, "set_input_size"):
+        model.set_input_size(img_size=size)  # timm's resize (a Swin's windows follow the token grid)
+    data_config = dict(data_config, input_size=(3, *size))
+    generator = torch.Generator().manual_seed(EXPORT_SEED)
+    # with a dynamic batch the checks use batch sizes other than the example's
+    batches = (args.batch_size + 1, DIGITS_CHECKED) if args.dynamic_batch else (args.batch_size, args.batch_size)
+    transform, digits = eval_transform_for(data_config), DigitsDataset("val")
+    inputs = {
+        "random": torch.randn(batches[0], 3, *size, generator=generator),
+        "digits": torch.stack([transform(digits[i][0]) for i in range(batches[1])]),
+    }
+    path = export_api.export_model(model, args.format, args.output, torch.randn(args.batch_size, 3, *size,
+                                                                                generator=generator),
+                                   dynamic_batch=args.dynamic_batch, opset=args.opset)
+    exported = export_api.load_exported(path, args.format)
+    differences = {name: export_api.check_export(model, exported, batch, args.tolerance)
+                   for name, batch in inputs.items()}
+    batch = "dynamic" if args.dynamic_batch or args.format == "torchscript" else str(args.batch_size)
+    print(f"wrote {path} ({args.format}, {size[0]}x{size[1]}, batch {batch}); max |exported - eager|: "
+          + ", ".join(f"{name} {difference:.2e}" for name, difference in differences.items())
+          + f" (tolerance {args.tolerance:g})")
     return 0
 
 
@@ -102,6 +153,30 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_convert)
 
 
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="export a classifier to ONNX, TorchScript or a torch.export "
+                                                  "program, checked against eager PyTorch",
+                                   description=export_api.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("model", metavar="MODEL", help="timm model name (with --checkpoint: the checkpoint's)")
+    add("--format", required=True, choices=export_api.FORMATS, help="what to write")
+    add("--output", required=True, type=Path, help="the file (.onnx, .pt for TorchScript, .pt2 for a program)")
+    add("--checkpoint", help="a boat-vit training checkpoint (best.pth / last.pth)")
+    add("--pretrained-file", help="instead of --checkpoint: weights for MODEL (e.g. released BOAT weights)")
+    add("--ema", action="store_true", help="the checkpoint's EMA weights")
+    add("--img-size", type=positive_int, nargs="+", help="export size, one or two (H W) ints (default: the "
+                                                          "model's input size)")
+    add("--batch-size", type=positive_int, default=2, help="batch of the example input (default 2)")
+    add("--dynamic-batch", action="store_true", help="any batch size (TorchScript always takes any)")
+    add("--opset", type=positive_int, default=export_api.DEFAULT_OPSET,
+        help=f"ONNX opset, at least {export_api.MIN_OPSET} (default {export_api.DEFAULT_OPSET})")
+    add("--tolerance", type=positive_float, default=export_api.DEFAULT_TOLERANCE,
+        help=f"largest accepted |exported - eager| of the logits on the check inputs (default "
+             f"{export_api.DEFAULT_TOLERANCE:g}); above it the command fails")
+    add_threads_argument(parser)
+    parser.set_defaults(func=_run_export)
+
+
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="throughput, latency, memory, params and MACs of models",
                                    description=bench_api.models.__doc__,
@@ -163,7 +238,8 @@ def _add_show_clusters(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``convert``, ``bench`` and ``show-clusters``."""
+    """Adds ``convert``, ``export``, ``bench`` and ``show-clusters``."""
     _add_convert(subparsers)
+    _add_export(subparsers)
     _add_bench(subparsers)
     _add_show_clusters(subparsers)
