@@ -68,8 +68,10 @@ __all__ = [
 
 SWIN_MODEL = "boat_swin_tiny_patch4_window7_224"
 CSWIN_MODEL = "boat_cswin_tiny_224"
-# The small configurations (pilot runs: README / issue #12). Swin at the canvas size, patch 2, window 4:
-# stage maps 16x16, 8x8, 4x4 at 32x32; FSLA in the shifted blocks of stages 1 and 2.
+# The small configurations: the smallest that keep BOAT's placement with more than one FSLA group in stage 1
+# and train a run of the default budget in about two minutes on one CPU thread. Swin at the canvas size,
+# patch 2, window 4: maps 16x16, 8x8, 4x4 at 32x32; FSLA (group size 49) in the shifted blocks of stages 1
+# (4 groups of 64) and 2 (64 tokens: one group, i.e. global attention, by BOAT's rule).
 SWIN_SMALL = dict(patch_size=2, window_size=4, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8))
 # CSWin (stride-4 stem) at twice the canvas size has the same token maps; FSLA in block 0 of every stage.
 CSWIN_SMALL = dict(embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8), split_size=(1, 2, 4))
@@ -81,8 +83,8 @@ CONFIDENCE = 0.95
 NUM_EXAMPLES = 4  # held-out images written per task, for show-clusters
 PLAN_FILE = "plan.json"
 SUMMARY_FILE = "summary.json"
-RESULT_FIELDS = ("task", "contender", "family", "seed", "params", "macs", "epochs", "final_top1", "best_top1",
-                 "train_time_s", "images_per_s")
+RESULT_FIELDS = ("task", "contender", "family", "seed", "embed_dim", "params", "macs", "epochs", "final_top1",
+                 "best_top1", "train_time_s", "images_per_s")
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,7 @@ def _plan(config: AblationConfig) -> tuple[list[_Run], dict]:
                 args["embed_dim"] = _match_width(contender.family, args, num_classes, target)
             kwargs[name] = args
             params, macs = _cost(contender.family, args, num_classes)
-            costs[task.key, name] = dict(params=params, macs=macs)
+            costs[task.key, name] = dict(embed_dim=args["embed_dim"], params=params, macs=macs)
         for seed in range(config.seeds):
             for name in task.contenders:
                 contender = CONTENDERS[name]
@@ -432,8 +434,11 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         baseline = BASELINES[CONTENDERS[name].family]
         diffs = paired_differences(rows, task, name, baseline) if name != baseline else []
         mean_diff, low, high = t_confidence_interval(diffs) if diffs else (math.nan, math.nan, math.nan)
+        description = CONTENDERS[name].description
+        if CONTENDERS[name].match_macs_of is not None:
+            description += f" (embed {mine[0]['embed_dim']})"
         out.append(dict(
-            task=task, contender=name, description=CONTENDERS[name].description, baseline=baseline,
+            task=task, contender=name, description=description, baseline=baseline,
             seeds=len(mine), params=mine[0]["params"], macs=mine[0]["macs"],
             mean_top1=statistics.fmean(accuracies),
             std_top1=statistics.stdev(accuracies) if len(accuracies) > 1 else math.nan,
