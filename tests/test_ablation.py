@@ -10,6 +10,8 @@ import torch
 from boat_vit import ablation
 from boat_vit.ablation import (
     CONTENDERS,
+    CONTROL_CONTENDERS,
+    MAIN_CONTENDERS,
     AblationTask,
     add_arguments,
     config_from_args,
@@ -151,7 +153,10 @@ def test_command_line_options():
     assert config.output == "x" and config.seeds == 4 and [t.key for t in config.tasks] == ["pairs"]
     assert config.tasks[0].contenders == ("swin", "boat_swin")
     default = config_from_args(parser.parse_args([]))
-    assert default.seeds == 3 and {c for t in default.tasks for c in t.contenders} == set(CONTENDERS)
+    assert default.seeds == 3 and [t.contenders for t in default.tasks] == [MAIN_CONTENDERS, CONTROL_CONTENDERS]
+    assert set(MAIN_CONTENDERS) | set(CONTROL_CONTENDERS) < set(CONTENDERS)  # and the investigations
+    investigation = config_from_args(parser.parse_args(["--contenders", "boat_swin_group16"]))
+    assert all(t.contenders == ("boat_swin_group16",) for t in investigation.tasks)
     for bad in (["--tasks", "nope"], ["--contenders", "vit"]):
         with pytest.raises(ValueError, match="unknown"):
             config_from_args(parser.parse_args(bad))

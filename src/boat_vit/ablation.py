@@ -7,7 +7,9 @@ Contenders differ only in the attention, within a family (:data:`CONTENDERS`):
 * ``swin_global``: global attention in place of each FSLA layer (same projections: the upper bound);
 * ``boat_swin_random``: FSLA with random balanced groups (same layout and cost, no content);
 * ``swin_wide``: FSLA off, embedding width raised until its MACs are closest to BOAT-Swin's;
-* ``cswin`` / ``boat_cswin``: the small CSWin with FSLA off / on.
+* ``cswin`` / ``boat_cswin``: the small CSWin with FSLA off / on;
+* investigations, run on request (``--contenders``): ``boat_swin_group16`` (FSLA groups of a window's size)
+  and ``boat_cswin_scaled`` (FSLA logits scaled by ``head_dim ** -0.5`` instead of the released 1.0).
 
 Each runs on each task (:mod:`boat_vit.tasks`: ``digit-pairs``, where the two digits must be compared across
 the image, and the control ``digit-clutter``) once per seed, all with the same training budget and recipe
@@ -104,6 +106,8 @@ class Contender:
     match_macs_of: Optional[str] = None
 
 
+WINDOW_GROUP_SIZE = 16  # FSLA groups the size of a 4x4 window (BOAT: 49 = a 7x7 window)
+WINDOW_GROUP_OVERLAP = 7  # BOAT's overlap share, 20 of 49, for groups of 16
 CONTENDERS: dict[str, Contender] = {
     "swin": Contender("swin", "FSLA off (baseline)", dict(fsla_stages=False)),
     "boat_swin": Contender("swin", "BOAT: FSLA, content groups"),
@@ -112,8 +116,14 @@ CONTENDERS: dict[str, Contender] = {
     "swin_wide": Contender("swin", "FSLA off, wider: MACs of BOAT-Swin", dict(fsla_stages=False), "boat_swin"),
     "cswin": Contender("cswin", "FSLA off (baseline)", dict(fsla=False)),
     "boat_cswin": Contender("cswin", "BOAT: FSLA, content groups"),
+    # investigations, not in the default run (--contenders)
+    "boat_swin_group16": Contender("swin", "BOAT, FSLA groups of 16 tokens (a window) instead of 49",
+                                   dict(fsla_group_size=WINDOW_GROUP_SIZE, fsla_overlap=WINDOW_GROUP_OVERLAP)),
+    "boat_cswin_scaled": Contender("cswin", "BOAT, FSLA logits scaled by head_dim^-0.5 (released: 1.0)",
+                                   dict(fsla_qk_scale=None)),
 }
 BASELINES = {"swin": "swin", "cswin": "cswin"}  # family -> its FSLA-off contender
+MAIN_CONTENDERS = ("swin", "boat_swin", "swin_global", "boat_swin_random", "swin_wide", "cswin", "boat_cswin")
 CONTROL_CONTENDERS = ("swin", "boat_swin", "cswin", "boat_cswin")
 
 
@@ -128,7 +138,7 @@ class AblationTask:
 
 
 DEFAULT_TASKS = (
-    AblationTask("pairs", "digit-pairs", tuple(CONTENDERS), 8),
+    AblationTask("pairs", "digit-pairs", MAIN_CONTENDERS, 8),
     AblationTask("control", "digit-clutter", CONTROL_CONTENDERS, 5),
 )
 
@@ -170,7 +180,7 @@ class AblationConfig:
 def quick_config(output: str = "runs/ablation-quick", **overrides: Any) -> AblationConfig:
     """A few-minute version: every contender on tiny splits and models, one epoch (tests use it)."""
     tasks = (
-        AblationTask("pairs", "digit-pairs:train_size=128,heldout_size=64", tuple(CONTENDERS), 1),
+        AblationTask("pairs", "digit-pairs:train_size=128,heldout_size=64", MAIN_CONTENDERS, 1),
         AblationTask("control", "digit-clutter:train_size=128,heldout_size=64", CONTROL_CONTENDERS, 1),
     )
     values = dict(output=output, tasks=tasks, swin=dict(SWIN_QUICK), cswin=dict(CSWIN_QUICK), batch_size=32)
@@ -578,8 +588,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seeds", type=int, help="seeds 0..N-1 per task and contender (default 3)")
     add("--tasks", nargs="+", metavar="TASK", help="only these tasks of the ablation: pairs, control "
                                                    "(default both)")
-    add("--contenders", nargs="+", metavar="NAME", help=f"only these contenders (default all of each task): "
-                                                        f"{', '.join(CONTENDERS)}")
+    add("--contenders", nargs="+", metavar="NAME",
+        help=f"run these contenders on every selected task instead of the task's own list (pairs: "
+             f"{', '.join(MAIN_CONTENDERS)}; control: {', '.join(CONTROL_CONTENDERS)}); also the investigations "
+             f"{', '.join(c for c in CONTENDERS if c not in MAIN_CONTENDERS)}. Finished runs in --output are reused")
     add("--threads", type=int, help="torch CPU threads (default 1, for shared machines)")
     add("--device", help="cpu (default) or cuda")
     add("--report-only", action="store_true", help="rebuild the report from the finished runs, train nothing")
@@ -603,9 +615,8 @@ def config_from_args(args: argparse.Namespace) -> AblationConfig:
         unknown = sorted(set(args.contenders) - set(CONTENDERS))
         if unknown:
             raise ValueError(f"unknown contenders {unknown}; choose from {list(CONTENDERS)}")
-        tasks = tuple(dataclasses.replace(t, contenders=tuple(c for c in t.contenders if c in args.contenders))
-                      for t in tasks)
-    config.tasks = tuple(t for t in tasks if t.contenders)
+        tasks = tuple(dataclasses.replace(t, contenders=tuple(dict.fromkeys(args.contenders))) for t in tasks)
+    config.tasks = tasks
     return config
 
 
