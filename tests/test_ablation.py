@@ -149,8 +149,9 @@ def test_command_line_options():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     config = config_from_args(parser.parse_args(["--quick", "--tasks", "pairs", "--contenders", "swin", "boat_swin",
-                                                 "--seeds", "4", "--output", "x"]))
+                                                 "--seeds", "4", "--output", "x", "--epochs", "3"]))
     assert config.output == "x" and config.seeds == 4 and [t.key for t in config.tasks] == ["pairs"]
+    assert config.tasks[0].epochs == 3
     assert config.tasks[0].contenders == ("swin", "boat_swin")
     default = config_from_args(parser.parse_args([]))
     assert default.seeds == 3 and [t.contenders for t in default.tasks] == [MAIN_CONTENDERS, CONTROL_CONTENDERS]

@@ -592,6 +592,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"run these contenders on every selected task instead of the task's own list (pairs: "
              f"{', '.join(MAIN_CONTENDERS)}; control: {', '.join(CONTROL_CONTENDERS)}); also the investigations "
              f"{', '.join(c for c in CONTENDERS if c not in MAIN_CONTENDERS)}. Finished runs in --output are reused")
+    add("--epochs", type=int, help="training epochs of every task and contender (default: pairs 8, control 5; "
+                                   "use a new --output: finished runs of another budget are refused)")
     add("--threads", type=int, help="torch CPU threads (default 1, for shared machines)")
     add("--device", help="cpu (default) or cuda")
     add("--report-only", action="store_true", help="rebuild the report from the finished runs, train nothing")
@@ -616,6 +618,8 @@ def config_from_args(args: argparse.Namespace) -> AblationConfig:
         if unknown:
             raise ValueError(f"unknown contenders {unknown}; choose from {list(CONTENDERS)}")
         tasks = tuple(dataclasses.replace(t, contenders=tuple(dict.fromkeys(args.contenders))) for t in tasks)
+    if args.epochs is not None:
+        tasks = tuple(dataclasses.replace(t, epochs=args.epochs) for t in tasks)
     config.tasks = tasks
     return config
 
