@@ -498,11 +498,29 @@ def _setup_text(config: AblationConfig) -> str:
         "the canvas size (its stem has stride 4).",
         f"- Seeds 0-{config.seeds - 1}; differences are paired by seed (same data order; same initial "
         "weights wherever the shapes allow); 95% CI of the mean difference from the t distribution.",
-        f"- Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
+        f"- Machine: {_cpu_name()}, {os.cpu_count()} cores, "
         f"{config.threads} torch thread(s), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Training time "
         "and images/s are training epochs only (no evaluation) and depend on the machine's load.",
     ]
     return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    """The CPU model (Linux ``/proc/cpuinfo``), else the platform's machine name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _colour(name: str):
+    """A fixed colour per contender, the same in every plot."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](list(CONTENDERS).index(name) % 10)
 
 
 def write_report(rows: Sequence[dict], config: AblationConfig) -> dict[str, Path]:
@@ -537,8 +555,9 @@ def _plot_curves(rows: Sequence[dict], path: Path) -> None:
             length = min(len(c) for c in curves)
             values = np.array([c[:length] for c in curves])
             epochs = np.arange(1, length + 1)
-            line, = ax.plot(epochs, values.mean(axis=0), marker="o", markersize=3, label=f"{name} (n={len(curves)})")
-            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15)
+            colour = _colour(name)
+            ax.plot(epochs, values.mean(axis=0), marker="o", markersize=3, color=colour, label=f"{name} (n={len(curves)})")
+            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15)
         ax.set_title(f"{task}: held-out top-1 (mean, band: range over seeds)")
         ax.set_xlabel("epoch")
         ax.set_ylabel("top-1 (%)")
@@ -563,7 +582,8 @@ def _plot_cost(summary: Sequence[dict], path: Path) -> None:
             ax = axes[row][col]
             for s in (s for s in summary if s["task"] == task):
                 std = 0.0 if math.isnan(s["std_top1"]) else s["std_top1"]
-                ax.errorbar(s[key] * scale, s["mean_top1"], yerr=std, fmt="o", capsize=3, label=s["contender"])
+                ax.errorbar(s[key] * scale, s["mean_top1"], yerr=std, fmt="o", capsize=3, color=_colour(s["contender"]),
+                            label=s["contender"])
             ax.set_title(f"{task}: held-out top-1 (mean ± std) vs cost")
             ax.set_xlabel(label)
             ax.set_ylabel("top-1 (%)")
