@@ -156,8 +156,8 @@ def test_command_line_options():
     default = config_from_args(parser.parse_args([]))
     assert default.seeds == 3 and [t.contenders for t in default.tasks] == [MAIN_CONTENDERS, CONTROL_CONTENDERS]
     assert set(MAIN_CONTENDERS) | set(CONTROL_CONTENDERS) < set(CONTENDERS)  # and the investigations
-    investigation = config_from_args(parser.parse_args(["--contenders", "boat_swin_group16"]))
-    assert all(t.contenders == ("boat_swin_group16",) for t in investigation.tasks)
+    investigation = config_from_args(parser.parse_args(["--contenders", "boat_cswin_scaled", "boat_swin_group16"]))
+    assert all(t.contenders == ("cswin", "swin", "boat_cswin_scaled", "boat_swin_group16") for t in investigation.tasks)
     for bad in (["--tasks", "nope"], ["--contenders", "vit"]):
         with pytest.raises(ValueError, match="unknown"):
             config_from_args(parser.parse_args(bad))

@@ -611,7 +611,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--contenders", nargs="+", metavar="NAME",
         help=f"run these contenders on every selected task instead of the task's own list (pairs: "
              f"{', '.join(MAIN_CONTENDERS)}; control: {', '.join(CONTROL_CONTENDERS)}); also the investigations "
-             f"{', '.join(c for c in CONTENDERS if c not in MAIN_CONTENDERS)}. Finished runs in --output are reused")
+             f"{', '.join(c for c in CONTENDERS if c not in MAIN_CONTENDERS)}. Their FSLA-off baselines come too; "
+             f"finished runs in --output are reused")
     add("--epochs", type=int, help="training epochs of every task and contender (default: pairs 8, control 5; "
                                    "use a new --output: finished runs of another budget are refused)")
     add("--threads", type=int, help="torch CPU threads (default 1, for shared machines)")
@@ -637,7 +638,10 @@ def config_from_args(args: argparse.Namespace) -> AblationConfig:
         unknown = sorted(set(args.contenders) - set(CONTENDERS))
         if unknown:
             raise ValueError(f"unknown contenders {unknown}; choose from {list(CONTENDERS)}")
-        tasks = tuple(dataclasses.replace(t, contenders=tuple(dict.fromkeys(args.contenders))) for t in tasks)
+        # the baselines come too: the paired differences need them (finished runs are reused)
+        chosen = [BASELINES[CONTENDERS[c].family] for c in args.contenders] + list(args.contenders)
+        chosen = sorted(dict.fromkeys(chosen), key=lambda c: [BASELINES[CONTENDERS[c].family] != c, chosen.index(c)])
+        tasks = tuple(dataclasses.replace(t, contenders=tuple(chosen)) for t in tasks)
     if args.epochs is not None:
         tasks = tuple(dataclasses.replace(t, epochs=args.epochs) for t in tasks)
     config.tasks = tasks
