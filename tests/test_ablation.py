@@ -139,6 +139,15 @@ def test_t_confidence_interval():
     assert math.isnan(t_confidence_interval([4.0])[1])
 
 
+def test_scaled_cswin_investigation_really_changes_the_scale(tmp_path):
+    task = AblationTask("pairs", PAIRS.spec, ("cswin", "boat_cswin_scaled"), 1)
+    runs, _ = ablation._plan(_config(tmp_path, tasks=(task,), seeds=1))
+    scaled = next(r for r in runs if r.contender == "boat_cswin_scaled")
+    model = ablation._build("cswin", scaled.kwargs, 2)
+    head_dim = ablation.CSWIN_QUICK["embed_dim"] // ablation.CSWIN_QUICK["num_heads"][0]
+    assert {m.scale for m in model.modules() if hasattr(m, "grouping")} == {head_dim**-0.5}
+
+
 def test_width_step_keeps_heads_dividing_every_stage():
     assert ablation._width_step((2, 4, 8)) == 2
     assert ablation._width_step((3, 6, 12, 24)) == 3

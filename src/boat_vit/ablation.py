@@ -98,12 +98,15 @@ class Contender:
         description: What differs from the baseline.
         overrides: Model keyword arguments on top of the family configuration.
         match_macs_of: Widen the embedding until the MACs are closest to this contender's (FSLA off only).
+        head_dim_fsla_scale: Give FSLA the logit scale ``head_dim ** -0.5`` as a number (timm's
+            ``create_model`` drops ``None`` keyword arguments, so ``fsla_qk_scale=None`` cannot say it).
     """
 
     family: str
     description: str
     overrides: dict = field(default_factory=dict)
     match_macs_of: Optional[str] = None
+    head_dim_fsla_scale: bool = False
 
 
 WINDOW_GROUP_SIZE = 16  # FSLA groups the size of a 4x4 window (BOAT: 49 = a 7x7 window)
@@ -120,7 +123,7 @@ CONTENDERS: dict[str, Contender] = {
     "boat_swin_group16": Contender("swin", "BOAT, FSLA groups of 16 tokens (a window) instead of 49",
                                    dict(fsla_group_size=WINDOW_GROUP_SIZE, fsla_overlap=WINDOW_GROUP_OVERLAP)),
     "boat_cswin_scaled": Contender("cswin", "BOAT, FSLA logits scaled by head_dim^-0.5 (released: 1.0)",
-                                   dict(fsla_qk_scale=None)),
+                                   head_dim_fsla_scale=True),
 }
 BASELINES = {"swin": "swin", "cswin": "cswin"}  # family -> its FSLA-off contender
 MAIN_CONTENDERS = ("swin", "boat_swin", "swin_global", "boat_swin_random", "swin_wide", "cswin", "boat_cswin")
@@ -238,6 +241,14 @@ def _width_step(num_heads: Sequence[int]) -> int:
     return step
 
 
+def _head_dim_scale(kwargs: dict) -> float:
+    """``head_dim ** -0.5`` of a configuration whose head dimension is the same in every stage."""
+    head_dims = {kwargs["embed_dim"] * 2**i // heads for i, heads in enumerate(kwargs["num_heads"])}
+    if len(head_dims) != 1:
+        raise ValueError(f"head dimensions differ between stages ({sorted(head_dims)}): no single FSLA scale")
+    return head_dims.pop() ** -0.5
+
+
 def _match_width(family: str, kwargs: dict, num_classes: int, target_macs: int) -> int:
     """The embedding width whose MACs are closest to ``target_macs`` (searching upward from ``kwargs``)."""
     step = _width_step(kwargs["num_heads"])
@@ -280,6 +291,8 @@ def _plan(config: AblationConfig) -> tuple[list[_Run], dict]:
                 target = _cost(other.family, dict(_model_kwargs(config, task_config, other.family),
                                                   **other.overrides), num_classes)[1]
                 args["embed_dim"] = _match_width(contender.family, args, num_classes, target)
+            if contender.head_dim_fsla_scale:
+                args["fsla_qk_scale"] = _head_dim_scale(args)
             kwargs[name] = args
             params, macs = _cost(contender.family, args, num_classes)
             costs[task.key, name] = dict(embed_dim=args["embed_dim"], params=params, macs=macs)
