@@ -20,6 +20,9 @@ Token counts (the rule for any ``N >= 1``, see :func:`plan_groups`):
   tokens first and its padding last.
 * ``N = group_size * 2**L`` has no padding and reproduces the released BOAT code exactly.
 
+Controls for ablations: :func:`random_balanced_clustering` keeps this layout (plan, group sizes, padding)
+but assigns tokens to slots at random; :func:`single_group_clustering` puts all tokens in one group.
+
 No gradient flows through the clustering. Half-precision inputs are clustered in float32, float64 stays
 float64. Every operation is batched over sequences and groups; Python loops run over levels and
 refinement iterations only, plus, on CPU, over cache-sized blocks of whole sequences (decided by shapes
@@ -38,7 +41,15 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["GroupPlan", "Clustering", "plan_groups", "balanced_clustering", "sibling_overlap_slots"]
+__all__ = [
+    "GroupPlan",
+    "Clustering",
+    "plan_groups",
+    "balanced_clustering",
+    "random_balanced_clustering",
+    "single_group_clustering",
+    "sibling_overlap_slots",
+]
 
 DEFAULT_GROUP_SIZE = 49
 DEFAULT_ITERATIONS = 2
@@ -320,6 +331,45 @@ def _split_levels(
 def _smallest_normal(dtype: torch.dtype) -> float:
     """``torch.finfo(dtype).tiny`` of the working dtypes, written out: TorchScript has no ``finfo``."""
     return 2.2250738585072014e-308 if dtype == torch.float64 else 1.1754943508222875e-38
+
+
+def random_balanced_clustering(
+    num_seq: int,
+    num_tokens: int,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    generator: Optional[torch.Generator] = None,
+    device: Optional[torch.device] = None,
+) -> Clustering:
+    """Random groups with the layout of :func:`balanced_clustering`: a control without content.
+
+    Same plan (:func:`plan_groups`), same real-token count per group, padding in the same slots; only the
+    assignment of tokens to slots is a uniformly random permutation, drawn independently per sequence.
+
+    Args:
+        num_seq: Sequences ``S``.
+        num_tokens: Tokens ``N`` per sequence.
+        group_size: Target tokens per group.
+        generator: Source of randomness (drawn on its own device, then moved); ``None``: torch's default
+            generator of ``device``.
+        device: Device of the result.
+    """
+    plan = plan_groups(num_tokens, group_size)
+    draw_device = generator.device if generator is not None else device
+    with torch.no_grad():
+        tokens = torch.rand(num_seq, num_tokens, generator=generator, device=draw_device).argsort(dim=1).to(device)
+        slot = torch.arange(plan.group_size, device=device)
+        is_real = (slot[None, :] < plan.real_counts(plan.num_levels, device)[:, None]).flatten()
+        order = torch.empty(num_seq, plan.num_slots, dtype=torch.long, device=device)
+        order[:, is_real] = tokens
+        order[:, ~is_real] = torch.arange(num_tokens, plan.num_slots, device=device)
+        inverse = torch.empty_like(order).scatter_(1, order, torch.arange(plan.num_slots, device=device).expand_as(order))
+    return Clustering(plan, order, inverse[:, :num_tokens])
+
+
+def single_group_clustering(num_seq: int, num_tokens: int, device: Optional[torch.device] = None) -> Clustering:
+    """One group holding all tokens in token order: attention over the whole sequence (global attention)."""
+    order = torch.arange(num_tokens, device=device).expand(num_seq, -1)
+    return Clustering(GroupPlan(num_tokens, 0, num_tokens), order, order)
 
 
 def sibling_overlap_slots(plan: GroupPlan, overlap: int, device: torch.device | None = None) -> torch.Tensor:

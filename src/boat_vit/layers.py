@@ -18,10 +18,13 @@ from .clustering import (
     GroupPlan,
     _format_shape,
     balanced_clustering,
+    random_balanced_clustering,
     sibling_overlap_slots,
+    single_group_clustering,
 )
 
 __all__ = [
+    "GROUPINGS",
     "ClusterRecord",
     "FeatureSpaceLocalAttention",
     "find_fsla_layers",
@@ -32,6 +35,9 @@ __all__ = [
 
 DEFAULT_OVERLAP = 20  # sibling tokens borrowed as extra keys/values at group size 49
 VALUE_CONV_KERNEL = 3
+# How FSLA forms its groups: by content (BOAT), at random with the same layout, or one group of all tokens
+GROUPINGS = ("content", "random", "global")
+DEFAULT_RANDOM_SEED = 0  # seed of the random groups in eval mode
 _FSLA_NAME = re.compile(r"(?:^|\.)(\d+)\.blocks\.(\d+)\.")  # stage and block in a module name
 
 
@@ -62,6 +68,14 @@ class FeatureSpaceLocalAttention(nn.Module):
         value_conv: Add the depthwise convolution of the values (needs 2-D token maps).
         iterations: Centre refinements per clustering split.
         temperature: Soft-assignment sharpness of the clustering.
+        grouping: ``'content'`` (BOAT: balanced clustering of the queries). Ablation controls:
+            ``'random'``: the same group layout and overlap with tokens assigned to groups at random (no
+            content); in training mode drawn afresh per call and per image and head from torch's default
+            generator (seeded runs are reproducible), in eval mode one fixed draw per head from
+            ``random_seed``, shared by all images, so evaluation is deterministic and batch-independent.
+            ``'global'``: one group of all tokens, i.e. global attention with the same projections and
+            value convolution.
+        random_seed: Seed of the eval-mode random groups.
     """
 
     def __init__(
@@ -77,10 +91,14 @@ class FeatureSpaceLocalAttention(nn.Module):
         value_conv: bool = True,
         iterations: int = DEFAULT_ITERATIONS,
         temperature: float = DEFAULT_TEMPERATURE,
+        grouping: str = "content",
+        random_seed: int = DEFAULT_RANDOM_SEED,
         device=None,
         dtype=None,
     ):
         super().__init__()
+        if grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
         if dim <= 0 or num_heads <= 0 or dim % num_heads:
             raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
         if group_size < 2:
@@ -96,6 +114,8 @@ class FeatureSpaceLocalAttention(nn.Module):
         self.scale = self.head_dim**-0.5 if qk_scale is None else float(qk_scale)
         self.iterations = iterations
         self.temperature = temperature
+        self.grouping = grouping
+        self.random_seed = random_seed
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **factory)
         self.attn_drop = attn_drop
         self.get_v = (
@@ -110,6 +130,7 @@ class FeatureSpaceLocalAttention(nn.Module):
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, group_size={self.group_size}, "
             f"overlap={self.overlap}, scale={self.scale:.4g}"
+            + ("" if self.grouping == "content" else f", grouping={self.grouping}")
         )
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -148,6 +169,8 @@ class FeatureSpaceLocalAttention(nn.Module):
         # One projection; rows (b, token, part, head) of head_dim features with part 0/1/2 for q/k/v
         qkv = self.qkv(tokens)
         num_seq = batch * heads
+        if clustering is None and self.grouping != "content":
+            clustering = self._content_free_groups(batch, num_tokens, x.device)
         if clustering is None:
             clustering = balanced_clustering(
                 qkv.view(batch, num_tokens, 3, heads, head_dim)[:, :, 0].transpose(1, 2),
@@ -187,6 +210,17 @@ class FeatureSpaceLocalAttention(nn.Module):
             out = out.add_(lepe.permute(0, 2, 3, 1).reshape(out.shape))
         out = self.proj_drop(self.proj(out))
         return out.reshape(shape), clustering
+
+    @torch.jit.unused  # the ablation controls run eagerly only
+    def _content_free_groups(self, batch: int, num_tokens: int, device: torch.device) -> Clustering:
+        """The ablation groupings ``'random'`` and ``'global'`` (class docstring), sequence ``b * heads + h``."""
+        if self.grouping == "global":
+            return single_group_clustering(batch * self.num_heads, num_tokens, device)
+        if self.training:
+            return random_balanced_clustering(batch * self.num_heads, num_tokens, self.group_size, device=device)
+        generator = torch.Generator().manual_seed(self.random_seed)
+        per_head = random_balanced_clustering(self.num_heads, num_tokens, self.group_size, generator, device)
+        return Clustering(per_head.plan, per_head.order.repeat(batch, 1), per_head.inverse.repeat(batch, 1))
 
     def _sibling_windows(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: GroupPlan

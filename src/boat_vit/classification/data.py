@@ -12,6 +12,8 @@ from torchvision.datasets.folder import has_file_allowed_extension
 
 from ..images import to_rgb
 
+from .tasks import TASK_NAMES, DigitTaskDataset, build_task_datasets, is_task_spec, parse_task
+
 __all__ = [
     "EMBEDDED_DATASETS",
     "DigitsDataset",
@@ -21,7 +23,7 @@ __all__ = [
     "collate_skipping",
 ]
 
-EMBEDDED_DATASETS = ("digits",)
+EMBEDDED_DATASETS = ("digits", *TASK_NAMES)  # the generated tasks also take options: .tasks
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 DIGITS_MAX_LEVEL = 16  # the digits are 8x8 images of 17 grey levels (0..16)
@@ -134,8 +136,11 @@ def _check_folder(path: Path, role: str) -> None:
 def build_datasets(data: str, train_transform: Callable, eval_transform: Callable) -> tuple[Dataset, Dataset]:
     """Train and validation datasets for ``data``: an embedded dataset name or an ImageNet-style folder.
 
-    A folder must hold ``train/`` and ``val/`` with the same class sub-folders.
+    A folder must hold ``train/`` and ``val/`` with the same class sub-folders. A task spec
+    (:func:`boat_vit.classification.tasks.parse_task`, e.g. ``digit-pairs:canvas=64``) gives its training and held-out splits.
     """
+    if is_task_spec(data):
+        return build_task_datasets(data, train_transform, eval_transform)
     if data in EMBEDDED_DATASETS:
         return DigitsDataset("train", train_transform), DigitsDataset("val", eval_transform)
     root = Path(data).expanduser()
@@ -160,7 +165,10 @@ def build_datasets(data: str, train_transform: Callable, eval_transform: Callabl
 
 
 def build_eval_dataset(data: str, transform: Callable) -> Dataset:
-    """The evaluation split of ``data``: ``val/`` of a dataset folder, the folder itself, or the digits test split."""
+    """The evaluation split of ``data``: ``val/`` of a dataset folder, the folder itself, the digits test split,
+    or a task's held-out split."""
+    if is_task_spec(data):
+        return DigitTaskDataset("val", parse_task(data), transform)
     if data in EMBEDDED_DATASETS:
         return DigitsDataset("val", transform)
     root = Path(data).expanduser()

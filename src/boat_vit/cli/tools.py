@@ -1,11 +1,12 @@
-"""``boat-vit convert``, ``export``, ``bench`` and ``show-clusters``: shells over the checkpoint, export,
-measuring and picture functions."""
+"""``boat-vit convert``, ``export``, ``bench``, ``show-clusters`` and ``ablate``: shells over the checkpoint,
+export, measuring, picture and ablation functions."""
 import argparse
 import json
 import logging
 from pathlib import Path
 from typing import Optional
 
+from .. import ablation
 from .. import bench as bench_api
 from .. import export as export_api
 from .. import visualize
@@ -237,9 +238,43 @@ def _add_show_clusters(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_show_clusters)
 
 
+def _run_ablate(args: argparse.Namespace) -> int:
+    config = ablation.ablation_config(args.quick, args.output, args.seeds, args.tasks, args.contenders, args.epochs,
+                                      args.threads, args.device)
+    ablation.run_ablation(config, report_only=args.report_only)
+    print(f"results in {config.output}/ (results.md, results.csv, curves.png, cost.png)")
+    return 0
+
+
+def _add_ablate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("ablate", help="does FSLA help? the ablation on generated digit tasks",
+                                   description=ablation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--output", help="ablation folder: one run per task, contender and seed, results.csv, results.md, "
+                         "curves.png, cost.png (default runs/ablation, with --quick runs/ablation-quick); run the "
+                         "same command again to resume")
+    add("--quick", action="store_true", help="a few-minute version on tiny splits and models, one epoch (checks "
+                                             "the machinery; its accuracies mean nothing)")
+    add("--seeds", type=positive_int, help="seeds 0..N-1 per task and contender (default 3)")
+    add("--tasks", nargs="+", metavar="TASK", help="only these tasks: pairs, control (default both)")
+    add("--contenders", nargs="+", metavar="NAME",
+        help=f"run these contenders on every selected task instead of the task's own list (pairs: "
+             f"{', '.join(ablation.MAIN_CONTENDERS)}; control: {', '.join(ablation.CONTROL_CONTENDERS)}); also the "
+             f"investigations {', '.join(c for c in ablation.CONTENDERS if c not in ablation.MAIN_CONTENDERS)}. "
+             "Their FSLA-off baselines come too; finished runs in --output are reused")
+    add("--epochs", type=positive_int, help="training epochs of every task and contender (default: pairs 8, "
+                                            "control 5; use a new --output: finished runs of another budget are "
+                                            "refused)")
+    add("--threads", type=positive_int, help="torch CPU threads per run (default 1: runs are small)")
+    add_device_argument(parser)
+    add("--report-only", action="store_true", help="rebuild the report from the finished runs, train nothing")
+    parser.set_defaults(func=_run_ablate)
+
+
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``convert``, ``export``, ``bench`` and ``show-clusters``."""
+    """Adds ``convert``, ``export``, ``bench``, ``show-clusters`` and ``ablate``."""
     _add_convert(subparsers)
     _add_export(subparsers)
     _add_bench(subparsers)
     _add_show_clusters(subparsers)
+    _add_ablate(subparsers)

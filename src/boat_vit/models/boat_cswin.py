@@ -250,7 +250,8 @@ class BoatCSWinBlock(nn.Module):
     """CSWin block with an optional FSLA branch, on ``(B, H, W, C)`` token maps.
 
     ``x + drop_path(attn(norm1(x)))``, then (with ``fsla``) ``x + drop_path(fsla(norm_fsla(x)))``, then
-    ``x + drop_path(mlp(norm2(x)))``.
+    ``x + drop_path(mlp(norm2(x)))``. ``fsla_grouping`` is FSLA's grouping rule
+    (:class:`~boat_vit.layers.FeatureSpaceLocalAttention`).
     """
 
     def __init__(
@@ -268,6 +269,7 @@ class BoatCSWinBlock(nn.Module):
         drop_path: float = 0.0,
         act_layer: type = nn.GELU,
         norm_layer: type = nn.LayerNorm,
+        fsla_grouping: str = "content",
         device=None,
         dtype=None,
     ):
@@ -282,7 +284,7 @@ class BoatCSWinBlock(nn.Module):
             # as released: FSLA's output dropout is the attention dropout rate
             self.fsla = FeatureSpaceLocalAttention(
                 dim, num_heads, qkv_bias=qkv_bias, qk_scale=fsla_qk_scale, attn_drop=attn_drop, proj_drop=attn_drop,
-                **dd,
+                grouping=fsla_grouping, **dd,
             )
         else:
             self.norm_fsla = self.fsla = None
@@ -355,6 +357,7 @@ class BoatCSWinStage(nn.Module):
         attn_drop: float,
         drop_path: Sequence[float],
         norm_layer: type = nn.LayerNorm,
+        fsla_grouping: str = "content",
         device=None,
         dtype=None,
     ):
@@ -377,6 +380,7 @@ class BoatCSWinStage(nn.Module):
                     attn_drop=attn_drop,
                     drop_path=drop_path[i],
                     norm_layer=norm_layer,
+                    fsla_grouping=fsla_grouping,
                     **dd,
                 )
                 for i in range(depth)
@@ -408,6 +412,10 @@ class BoatCSWin(nn.Module):
         qkv_bias: Bias of the qkv projections (stripe attention and FSLA).
         fsla: FSLA on/off, for all stages or one flag per stage; ``False`` gives a plain CSWin.
         fsla_qk_scale: FSLA logit scale; the released models use 1.0, ``None`` means ``head_dim ** -0.5``.
+        fsla_grouping: How FSLA groups tokens: ``'content'`` (BOAT, the default), or the ablation controls
+            ``'random'`` (same group layout, tokens assigned at random) and ``'global'`` (one group of all
+            tokens: global attention in place of each FSLA layer); see
+            :class:`~boat_vit.layers.FeatureSpaceLocalAttention`.
         drop_rate: Dropout before the classifier.
         proj_drop_rate: Dropout after attention projections and in the MLP.
         attn_drop_rate: Attention dropout (stripe attention and FSLA; also FSLA's output dropout, as released).
@@ -436,6 +444,7 @@ class BoatCSWin(nn.Module):
         drop_path_rate: float = 0.0,
         norm_layer: type = nn.LayerNorm,
         strict_img_size: bool = False,
+        fsla_grouping: str = "content",
         device=None,
         dtype=None,
     ):
@@ -480,6 +489,7 @@ class BoatCSWin(nn.Module):
                     attn_drop=attn_drop_rate,
                     drop_path=dpr[i],
                     norm_layer=norm_layer,
+                    fsla_grouping=fsla_grouping,
                     **dd,
                 )
             )

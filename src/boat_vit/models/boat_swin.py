@@ -78,6 +78,8 @@ class BoatSwinTransformerBlock(SwinTransformerBlock):
         fsla: Add the FSLA branch if the block shifts its windows (the released placement).
         fsla_group_size: Target tokens per FSLA cluster.
         fsla_overlap: Sibling tokens each FSLA cluster borrows as extra keys/values.
+        fsla_grouping: How FSLA groups tokens: ``'content'`` (BOAT), or the ablation controls ``'random'``
+            and ``'global'`` (:class:`~boat_vit.layers.FeatureSpaceLocalAttention`).
         **kwargs: :class:`timm.models.swin_transformer.SwinTransformerBlock` arguments.
     """
 
@@ -99,6 +101,7 @@ class BoatSwinTransformerBlock(SwinTransformerBlock):
         fsla: bool = True,
         fsla_group_size: int = DEFAULT_GROUP_SIZE,
         fsla_overlap: int = DEFAULT_OVERLAP,
+        fsla_grouping: str = "content",
         device=None,
         dtype=None,
     ):
@@ -130,6 +133,7 @@ class BoatSwinTransformerBlock(SwinTransformerBlock):
                 qkv_bias=qkv_bias,
                 attn_drop=attn_drop,
                 proj_drop=proj_drop,
+                grouping=fsla_grouping,
                 **dd,
             )
             if has_fsla
@@ -154,6 +158,7 @@ class BoatSwinTransformerStage(SwinTransformerStage):
         fsla: Give the stage's shifted-window blocks an FSLA branch.
         fsla_group_size: Target tokens per FSLA cluster.
         fsla_overlap: Sibling tokens each FSLA cluster borrows as extra keys/values.
+        fsla_grouping: How FSLA groups tokens (:class:`BoatSwinTransformerBlock`).
         Others: as :class:`timm.models.swin_transformer.SwinTransformerStage`.
     """
 
@@ -177,6 +182,7 @@ class BoatSwinTransformerStage(SwinTransformerStage):
         fsla: bool = True,
         fsla_group_size: int = DEFAULT_GROUP_SIZE,
         fsla_overlap: int = DEFAULT_OVERLAP,
+        fsla_grouping: str = "content",
         device=None,
         dtype=None,
     ):
@@ -206,6 +212,7 @@ class BoatSwinTransformerStage(SwinTransformerStage):
                     fsla=fsla,
                     fsla_group_size=fsla_group_size,
                     fsla_overlap=fsla_overlap,
+                    fsla_grouping=fsla_grouping,
                     **dd,
                 )
                 for i in range(depth)
@@ -245,6 +252,10 @@ class BoatSwinTransformer(SwinTransformer):
             stage. ``False`` gives timm's Swin.
         fsla_group_size: Target tokens per FSLA cluster (released: 49).
         fsla_overlap: Sibling tokens each FSLA cluster borrows as extra keys/values (released: 20).
+        fsla_grouping: How FSLA groups tokens: ``'content'`` (BOAT, the default), or the ablation controls
+            ``'random'`` (same group layout, tokens assigned at random) and ``'global'`` (one group of all
+            tokens: global attention in place of each FSLA layer); see
+            :class:`~boat_vit.layers.FeatureSpaceLocalAttention`.
         device: Parameter device (``'meta'`` builds without memory).
         dtype: Parameter dtype.
     """
@@ -274,6 +285,7 @@ class BoatSwinTransformer(SwinTransformer):
         fsla_stages: Union[bool, Sequence[bool]] = True,
         fsla_group_size: int = DEFAULT_GROUP_SIZE,
         fsla_overlap: int = DEFAULT_OVERLAP,
+        fsla_grouping: str = "content",
         device=None,
         dtype=None,
     ):
@@ -338,6 +350,7 @@ class BoatSwinTransformer(SwinTransformer):
                     fsla=self.fsla_stages[i],
                     fsla_group_size=fsla_group_size,
                     fsla_overlap=fsla_overlap,
+                    fsla_grouping=fsla_grouping,
                     **dd,
                 )
             )
