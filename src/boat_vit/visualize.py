@@ -28,6 +28,11 @@ DEFAULT_PANEL_WIDTH = 320
 MIN_PANEL_WIDTH = 200  # room for a panel's label
 MIN_FIGURE_WIDTH = 720  # room for the header
 LABEL_FONT_SIZE = 8
+TITLE_FONT_SIZE = 9
+LEGEND_FONT_SIZE = 8
+HEADER_LINES = (1 / 3, 3 / 4)  # heights of the title and legend lines, as fractions of the header
+CHARACTER_WIDTH = 0.6  # average width of a character of the figure font, in font sizes
+POINTS_PER_INCH = 72
 HEADER_HEIGHT = 40  # pixels of the figure's header: title and colour legend
 LABEL_HEIGHT = 22  # pixels of the label above each panel
 DPI = 100
@@ -73,6 +78,12 @@ def figure_size(image_size: tuple[int, int], num_heads: int, panel_width: int) -
     return max(num_heads * panel_width, MIN_FIGURE_WIDTH), HEADER_HEIGHT + 2 * (LABEL_HEIGHT + panel_height)
 
 
+def _fitting_font_size(text: str, size: float, width: int) -> float:
+    """``size``, or smaller where a line of ``text`` would be wider than ``width`` pixels."""
+    text_width = len(text) * CHARACTER_WIDTH * size * DPI / POINTS_PER_INCH
+    return size * min(1.0, width / text_width)
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -110,9 +121,10 @@ def render_clusters(
     panel_height = (fig_height - HEADER_HEIGHT) // 2 - LABEL_HEIGHT
     figure = Figure(figsize=(fig_width / DPI, fig_height / DPI), dpi=DPI)
     FigureCanvasAgg(figure)
-    figure.text(0.5, 1 - HEADER_HEIGHT / 3 / fig_height, title, ha="center", va="center", fontsize=9)
-    legend = LEGEND.format(patch=f"({patch[0]},{patch[1]})")
-    figure.text(0.5, 1 - HEADER_HEIGHT * 3 / 4 / fig_height, legend, ha="center", va="center", fontsize=8)
+    for line, (text, size) in enumerate(((title, TITLE_FONT_SIZE),
+                                         (LEGEND.format(patch=f"({patch[0]},{patch[1]})"), LEGEND_FONT_SIZE))):
+        figure.text(0.5, 1 - HEADER_HEIGHT * HEADER_LINES[line] / fig_height, text, ha="center", va="center",
+                    fontsize=_fitting_font_size(text, size, fig_width))
     pixels = image.astype(np.float32) / 255
     grey = np.repeat(pixels.mean(axis=2, keepdims=True), 3, axis=2) * DIM_FACTOR
     colours = palette(record.clustering.plan.num_groups) / 255
