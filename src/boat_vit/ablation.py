@@ -43,6 +43,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+from scipy import stats
 
 from .bench import count_macs, environment, machine_line
 from .checkpoint import atomic_write
@@ -424,8 +425,6 @@ def _collect(config: AblationConfig, runs: Sequence[_Run], costs: dict) -> list[
 
 def t_confidence_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
     """Mean and the two-sided t-based confidence interval of the mean (NaN bounds for fewer than 2 values)."""
-    from scipy import stats  # installed with scikit-learn
-
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, math.nan, math.nan

@@ -39,6 +39,7 @@ from ..engine import (
     merge_resumed,
     optimizer_step,
     raise_if_non_finite,
+    resumed_config,
     rng_state,
     seed_everything,
     set_threads,
@@ -168,11 +169,8 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown training options: {sorted(unknown)}")
     if values.get("resume") is not None:
-        TrainConfig(**values).check()  # the options given, before they meet the run's
-        saved = load_resume_checkpoint(values["resume"])["config"]
-        config = TrainConfig(**merge_resumed(saved, values, values["resume"], _FIELDS))
+        config = resumed_config(TrainConfig, values)
         config.model_kwargs = check_architecture_arguments(config.model_kwargs, values["resume"])
-        config.check()
         return config
     preset = values.get("preset")
     merged: dict[str, Any] = {}

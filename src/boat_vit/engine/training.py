@@ -1,5 +1,6 @@
 """What every training run shares: its common options and their checks, continuing a run with the same
 options, mixed precision, the optimizer step and the non-finite guard."""
+import dataclasses
 import math
 import random
 from contextlib import nullcontext
@@ -11,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .distributed import Distributed
+from .run_directory import load_resume_checkpoint
 
 __all__ = [
     "AMP_DTYPES",
@@ -21,6 +23,7 @@ __all__ = [
     "check_bounds",
     "check_finite",
     "merge_resumed",
+    "resumed_config",
     "amp_dtype_for",
     "autocast",
     "default_device",
@@ -124,6 +127,21 @@ def merge_resumed(saved: Mapping[str, Any], explicit: Mapping[str, Any], source:
     merged = {k: v for k, v in saved.items() if k in fields}
     merged.update({k: v for k, v in explicit.items() if v is not None and k in RUN_OPTIONS})
     return merged
+
+
+def resumed_config(config_class: type, values: Mapping[str, Any]) -> Any:
+    """The configuration (``config_class``, a dataclass with ``check()``) of a run resumed from
+    ``values["resume"]``: the options it started with, with the run options of ``values`` (:func:`merge_resumed`).
+
+    Raises:
+        ValueError: the options given are out of range, or differ from the run's.
+    """
+    config_class(**values).check()  # the options given, before they meet the run's
+    saved = load_resume_checkpoint(values["resume"])["config"]
+    fields = [f.name for f in dataclasses.fields(config_class)]
+    config = config_class(**merge_resumed(saved, values, values["resume"], fields))
+    config.check()
+    return config
 
 
 def check_finite(value: float, what: str, output: str) -> None:

@@ -43,6 +43,7 @@ from ..engine import (
     merge_resumed,
     optimizer_step,
     raise_if_non_finite,
+    resumed_config,
     seed_everything,
     set_threads,
     setup_distributed,
@@ -155,9 +156,7 @@ def resolve_seg_config(overrides: dict[str, Any]) -> SegTrainConfig:
         for key in ("crop_size", "eval_stride"):
             if key in values:
                 values[key] = as_pair(values[key])
-        SegTrainConfig(**values).check()  # the options given, before they meet the run's
-        saved = load_resume_checkpoint(values["resume"])["config"]
-        config = SegTrainConfig(**merge_resumed(saved, values, values["resume"], _FIELDS))
+        config = resumed_config(SegTrainConfig, values)
         config.backbone_kwargs = check_architecture_arguments(config.backbone_kwargs, values["resume"])
     else:
         preset = values.get("preset")
