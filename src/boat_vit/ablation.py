@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
 from scipy import stats
+import torch
 
 from .bench import count_macs, environment, machine_line
 from .checkpoint import atomic_write
