@@ -12,7 +12,7 @@ from torchvision.datasets.folder import has_file_allowed_extension
 
 from ..images import to_rgb
 
-from .tasks import TASK_NAMES, DigitTaskDataset, build_task_datasets, is_task_spec, parse_task
+from .tasks import TASK_NAMES, DigitTaskDataset, GreyImageDataset, build_task_datasets, is_task_spec, parse_task
 
 __all__ = [
     "EMBEDDED_DATASETS",
@@ -30,10 +30,10 @@ DIGITS_MAX_LEVEL = 16  # the digits are 8x8 images of 17 grey levels (0..16)
 UINT8_MAX = 255
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(GreyImageDataset):
     """scikit-learn's 1,797 real handwritten digits, split reproducibly (stratified) into train and test.
 
-    Items are ``(transform(image), label)`` with the 8x8 image as a PIL RGB image.
+    Items are ``(transform(image), label)`` with the 8x8 image as a PIL RGB image (:class:`GreyImageDataset`).
     """
 
     def __init__(self, split: str, transform: Optional[Callable] = None):
@@ -53,15 +53,6 @@ class DigitsDataset(Dataset):
         self.targets = digits.target[chosen].tolist()
         self.classes = [str(label) for label in range(10)]
         self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        image = Image.fromarray(self.images[index], mode="L").convert("RGB")
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.targets[index]
 
 
 def _read_rgb(path: str) -> Image.Image:

@@ -63,6 +63,7 @@ __all__ = [
     "CLUTTER_TASK",
     "TaskConfig",
     "DigitTaskDataset",
+    "GreyImageDataset",
     "GeneratedSplit",
     "generate_split",
     "parse_task",
@@ -300,9 +301,26 @@ def _add_clutter(config: TaskConfig, canvas: np.ndarray, digits: np.ndarray, poo
     return sources
 
 
-class DigitTaskDataset(Dataset):
-    """One split of a task (module docstring). Items are ``(transform(image), label)`` with a PIL RGB image,
-    like :class:`boat_vit.classification.data.DigitsDataset`.
+class GreyImageDataset(Dataset):
+    """Grey uint8 images held in memory (``images``, ``targets``, ``transform`` set by a subclass); items are
+    ``(transform(image), label)`` with the image as a PIL RGB image."""
+
+    images: np.ndarray
+    targets: list[int]
+    transform: Optional[Callable]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index], mode="L").convert("RGB")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+class DigitTaskDataset(GreyImageDataset):
+    """One split of a task (module docstring), items as in :class:`GreyImageDataset`.
 
     Attributes:
         config: The task.
@@ -324,14 +342,6 @@ class DigitTaskDataset(Dataset):
         self.images, self.digit_boxes = generated.images, generated.digit_boxes
         self.digit_labels, self.sources = generated.digit_labels, generated.sources
 
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        image = Image.fromarray(self.images[index], mode="L").convert("RGB")
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.targets[index]
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
