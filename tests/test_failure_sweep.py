@@ -85,6 +85,10 @@ def _loading_paths(data: dict[str, Path]) -> dict[str, list[str]]:
         "show-clusters --checkpoint": ["show-clusters", "--checkpoint", "{F}", "--output", f"{out}/g.png"],
         "show-clusters --pretrained-file": ["show-clusters", "--model", MODEL, *SHOW, "--pretrained-file", "{F}",
                                             "--output", f"{out}/h.png"],
+        "export --checkpoint": ["export", MODEL, "--format", "torchscript", "--checkpoint", "{F}",
+                                "--output", f"{out}/i.pt"],
+        "export --pretrained-file": ["export", MODEL, "--format", "torchscript", "--pretrained-file", "{F}",
+                                     "--output", f"{out}/j.pt"],
     }
 
 
