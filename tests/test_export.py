@@ -191,6 +191,22 @@ def test_export_argument_errors(tmp_path):
         export_model(model.eval(), "onnx", tmp_path / "m.onnx", images(1), opset=16)
 
 
+def test_an_existing_output_is_kept_unless_overwrite(tmp_path):
+    model = small(CSWIN)
+    kept = tmp_path / "model.pt"
+    kept.write_bytes(b"the user's file")
+    with pytest.raises(ValueError, match="model.pt exists; pass --overwrite"):
+        export_model(model, "torchscript", kept, images(1))
+    assert kept.read_bytes() == b"the user's file"
+    with pytest.raises(ValueError, match="output folder .*missing does not exist"):
+        export_model(model, "torchscript", tmp_path / "missing" / "model.pt", images(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        export_model(model, "torchscript", kept, images(1), overwrite=True)
+        assert check_export(model, load_exported(kept, "torchscript"), [images(2)], tolerance=0.0) == 0.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no staging folder left behind
+
+
 # ---- full size (slow) ---------------------------------------------------------------------------------------
 
 

@@ -214,18 +214,36 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
         (["show-clusters", f"{out}/none.png", "--model", MODEL, *SHOW, "--output", f"{out}/c5.png"], "none.png"),
         (["show-clusters", "--model", MODEL, "--head", "a,b", "--output", f"{out}/c6.png"], "argument --head"),
         (["show-clusters", "--output", f"{out}/c7.png"], "give --model NAME"),
+        (["export", MODEL, "--format", "bogus", "--output", f"{out}/e1.onnx"], "argument --format: invalid choice"),
+        (["export", MODEL, "--format", "onnx", "--output", f"{out}/e2.onnx", "--img-size", "0"],
+         "argument --img-size: must be at least 1"),
+        (["export", MODEL, "--format", "onnx", "--output", f"{out}/e3.onnx", "--tolerance", "-1"],
+         "argument --tolerance: must be above 0"),
+        (["export", MODEL, "--format", "onnx", "--output", f"{out}/e4.onnx"], "needs its weights (--pretrained-file)"),
+        (["export", "boat_nano", "--format", "onnx", "--output", f"{out}/e5.onnx"], "unknown model 'boat_nano'"),
+        (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--output", f"{out}/none/e6.onnx"],
+         "output folder"),
+        (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--output", a_file], "exists; pass --overwrite"),
+        (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--opset", "12", "--output", f"{out}/e7.onnx"],
+         "opset >= 17, got 12"),
+        (["ablate", "--seeds", "0"], "argument --seeds: must be at least 1"),
+        (["ablate", "--epochs", "0"], "argument --epochs: must be at least 1"),
+        (["ablate", "--tasks", "bogus", "--output", f"{out}/a1"], "unknown tasks ['bogus']"),
+        (["ablate", "--contenders", "bogus", "--output", f"{out}/a2"], "unknown contenders ['bogus']"),
+        (["ablate", "--output", a_file], "is a file, not a folder"),
+        (["ablate", "--report-only", "--output", f"{out}/a3"], "no finished runs"),
     ]
 
 
-ARGUMENT_PROBES = 76
+ARGUMENT_PROBES = 90
 
 
 def test_the_argument_sweep_covers_every_command(probe_data, runs):
     probes = _argument_probes(probe_data, runs)
     assert len(probes) == ARGUMENT_PROBES
     commands = {argv[0] for argv, _ in probes}
-    assert commands == {"train", "eval", "predict", "seg-train", "seg-eval", "seg-predict", "convert", "bench",
-                        "show-clusters"}
+    assert commands == {"train", "eval", "predict", "seg-train", "seg-eval", "seg-predict", "convert", "export",
+                        "bench", "show-clusters", "ablate"}
 
 
 @pytest.mark.parametrize("index", range(ARGUMENT_PROBES))

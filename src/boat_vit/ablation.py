@@ -365,8 +365,12 @@ def run_ablation(config: AblationConfig, report_only: bool = False) -> list[dict
     _check(config)
     torch.set_num_threads(config.threads)
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"ablation output {output} is a file, not a folder")
     runs, costs = _plan(config)
+    if report_only and not any((run.folder / SUMMARY_FILE).exists() for run in runs):
+        raise ValueError(f"no finished runs of this ablation in {output} to report; run it first (without --report-only)")
+    output.mkdir(parents=True, exist_ok=True)
     _write_examples(config)
     started = time.time()
     for number, run in enumerate(runs, 1):
@@ -379,7 +383,7 @@ def run_ablation(config: AblationConfig, report_only: bool = False) -> list[dict
         if (run.folder / SUMMARY_FILE).exists() or report_only:
             continue
         run.folder.mkdir(parents=True, exist_ok=True)
-        plan_path.write_text(json.dumps(record, indent=2))
+        atomic_write(plan_path, lambda f: f.write(json.dumps(record, indent=2)), mode="w")
         if (run.folder / "last.pth").exists():  # an interrupted run: continue it (its initial weights are in)
             train_config = dataclasses.replace(train_config, resume=str(run.folder), pretrained_file=None)
         _write_init(run)

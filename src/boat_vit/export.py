@@ -25,6 +25,7 @@ move by more than rounding (BOAT-Swin-T at 224, random images: up to about 1e-3 
 """
 import math
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
@@ -39,6 +40,7 @@ __all__ = [
     "MIN_OPSET",
     "ExportMismatchError",
     "check_export",
+    "check_output",
     "export_model",
     "load_exported",
     "max_difference",
@@ -86,8 +88,9 @@ def export_model(
     example: torch.Tensor,
     dynamic_batch: bool = False,
     opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
 ) -> Path:
-    """Exports an eval-mode model and writes it to ``path``.
+    """Exports an eval-mode model and writes it to ``path`` all at once (a failed export leaves nothing).
 
     Args:
         model: The model, in eval mode (``model.eval()``).
@@ -96,28 +99,57 @@ def export_model(
         example: An input batch ``(B, C, H, W)``; traced formats are built for its image size.
         dynamic_batch: Traced formats accept any batch size (TorchScript always does).
         opset: ONNX opset (>= :data:`MIN_OPSET`).
+        overwrite: Replace an existing ``path``.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ValueError: Unknown format, a model in training mode, or an opset below :data:`MIN_OPSET`.
+        ValueError: Unknown format, a model in training mode, an opset below :data:`MIN_OPSET`, or an output
+            that exists (without ``overwrite``) or has no folder (:func:`check_output`).
     """
     _check_format(fmt)
     if model.training:
         raise ValueError("export an eval-mode model: call model.eval() first")
     if fmt == "onnx" and opset < MIN_OPSET:
         raise ValueError(f"ONNX export needs opset >= {MIN_OPSET}, got {opset}")
+    path = check_output(path, overwrite)
+    # written in a private folder beside the output, then moved in (with ONNX's external weights file, if any)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
+        _write(model, fmt, Path(staging) / path.name, example, dynamic_batch, opset)
+        for written in Path(staging).iterdir():
+            os.replace(written, path.parent / written.name)
+    return path
+
+
+def check_output(path: PathLike, overwrite: bool = False) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if an export may write it: its folder exists and, unless
+    ``overwrite``, the file does not.
+
+    Raises:
+        ValueError: naming the output and what is wrong with it.
+    """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"output folder {path.parent} does not exist or is not a folder")
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise ValueError(f"output {path} exists; pass --overwrite to replace it")
+    return path
+
+
+def _write(model: nn.Module, fmt: str, path: Path, example: torch.Tensor, dynamic_batch: bool, opset: int) -> None:
+    """Exports ``model`` to ``path`` in format ``fmt`` (see :func:`export_model`)."""
     if fmt == "torchscript":
         with warnings.catch_warnings():  # TorchScript is deprecated in PyTorch, and still how many deployments ship
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.script(model).save(str(path))
-        return path
+        return
     program = _exported_program(model, example, dynamic_batch)
     if fmt == "exported-program":
         torch.export.save(program, path)
-        return path
+        return
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     torch.onnx.export(
         program,
@@ -128,7 +160,6 @@ def export_model(
         external_data=weight_bytes > ONNX_FILE_LIMIT_BYTES,
         verbose=False,
     )
-    return path
 
 
 def load_exported(path: PathLike, fmt: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], Outputs]:

@@ -5,7 +5,7 @@ from typing import Any, Optional
 import torch.nn as nn
 
 from ..checkpoint import WeightsReport, load_checkpoint_file, load_weights
-from ..models import check_architecture_arguments, create_model
+from ..models import check_architecture_arguments, check_model_name, create_model
 
 __all__ = ["create_classifier", "load_classifier"]
 
@@ -71,6 +71,7 @@ def load_classifier(
         model.load_state_dict(state_dict)
         data_config = state["data_config"]
     elif model_name is not None:
+        check_model_name(model_name)
         if weights is None:
             raise ValueError(f"--model {model_name} needs its weights (--pretrained-file): a model with random "
                              "weights predicts nothing")

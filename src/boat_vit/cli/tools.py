@@ -47,6 +47,7 @@ def _run_export(args: argparse.Namespace) -> int:
     import torch
 
     set_threads(args.threads)
+    export_api.check_output(args.output, args.overwrite)  # before the model is loaded and exported
     if args.checkpoint:
         model, _, data_config = load_classifier(args.checkpoint, weights=args.pretrained_file, use_ema=args.ema)
         if args.model != model.pretrained_cfg.get("architecture", args.model):
@@ -68,7 +69,7 @@ def _run_export(args: argparse.Namespace) -> int:
     }
     path = export_api.export_model(model, args.format, args.output, torch.randn(args.batch_size, 3, *size,
                                                                                 generator=generator),
-                                   dynamic_batch=args.dynamic_batch, opset=args.opset)
+                                   dynamic_batch=args.dynamic_batch, opset=args.opset, overwrite=args.overwrite)
     exported = export_api.load_exported(path, args.format)
     differences = {name: export_api.check_export(model, exported, batch, args.tolerance)
                    for name, batch in inputs.items()}
@@ -161,7 +162,9 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     add = parser.add_argument
     add("model", metavar="MODEL", help="timm model name (with --checkpoint: the checkpoint's)")
     add("--format", required=True, choices=export_api.FORMATS, help="what to write")
-    add("--output", required=True, type=Path, help="the file (.onnx, .pt for TorchScript, .pt2 for a program)")
+    add("--output", required=True, type=Path, help="the file (.onnx, .pt for TorchScript, .pt2 for a program); "
+                                                   "an existing one is kept unless --overwrite")
+    add("--overwrite", action="store_true", help="replace an existing --output")
     add("--checkpoint", help="a boat-vit training checkpoint (best.pth / last.pth)")
     add("--pretrained-file", help="instead of --checkpoint: weights for MODEL (e.g. released BOAT weights)")
     add("--ema", action="store_true", help="the checkpoint's EMA weights")
