@@ -544,6 +544,7 @@ def _plot_curves(rows: Sequence[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
@@ -558,6 +559,7 @@ def _plot_curves(rows: Sequence[dict], path: Path) -> None:
             ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15)
         ax.set_title(f"{task}: held-out top-1 (mean, band: range over seeds)")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
