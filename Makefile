@@ -20,8 +20,10 @@ install: $(INSTALLED)
 
 DEMO_OUTPUT ?= runs/digits-demo
 
+# A second `make demo` continues an interrupted demo run, or reports the finished one; nothing is retrained.
 demo: $(INSTALLED)
-	$(VENV)/bin/boat-vit train --preset digits --output $(DEMO_OUTPUT)
+	if [ -f $(DEMO_OUTPUT)/last.pth ]; then $(VENV)/bin/boat-vit train --resume $(DEMO_OUTPUT); \
+	else $(VENV)/bin/boat-vit train --preset digits --output $(DEMO_OUTPUT); fi
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q
