@@ -34,9 +34,8 @@ from ..engine import (
     autocast,
     check_bounds,
     check_finite,
+    checkpoint_to_resume,
     derive_seed,
-    load_resume_checkpoint,
-    merge_resumed,
     optimizer_step,
     raise_if_non_finite,
     resumed_config,
@@ -251,7 +250,7 @@ def train_classifier(config: TrainConfig) -> dict:
         seed_everything(config.seed)
         run = (RunDirectory(config.output, resume=config.resume is not None, overwrite=config.overwrite)
                if world.is_main else None)
-        resume_state = _resume_state(config)
+        resume_state = checkpoint_to_resume(config, "class_names", "classification", "train")
 
         check_model_name(config.model)
         train_transform, eval_transform, data_config = _transforms(config)
@@ -356,17 +355,6 @@ def train_classifier(config: TrainConfig) -> dict:
         return summary
     finally:
         world.shutdown()
-
-
-def _resume_state(config: TrainConfig) -> Optional[dict]:
-    """The checkpoint to continue from; its options must be ``config``'s (run options aside)."""
-    if config.resume is None:
-        return None
-    state = load_resume_checkpoint(config.resume)
-    if "class_names" not in state:
-        raise ValueError(f"{config.resume} is not a classification run (written by `boat-vit train`)")
-    merge_resumed(state["config"], dataclasses.asdict(config), config.resume, _FIELDS)
-    return state
 
 
 def _train_one_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, ema, mixup, criterion,

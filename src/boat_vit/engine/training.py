@@ -24,6 +24,7 @@ __all__ = [
     "check_finite",
     "merge_resumed",
     "resumed_config",
+    "checkpoint_to_resume",
     "amp_dtype_for",
     "autocast",
     "default_device",
@@ -142,6 +143,29 @@ def resumed_config(config_class: type, values: Mapping[str, Any]) -> Any:
     config = config_class(**merge_resumed(saved, values, values["resume"], fields))
     config.check()
     return config
+
+
+def checkpoint_to_resume(config: Any, marker: str, kind: str, command: str) -> Optional[dict]:
+    """The checkpoint a run continues from (``config.resume``; ``None`` for a new run).
+
+    Args:
+        config: The run's configuration (a dataclass with ``resume``); its options must be the checkpoint's,
+            run options aside (:func:`merge_resumed`).
+        marker: A key only checkpoints of this kind of run hold.
+        kind: The kind of run, for the error (``classification``).
+        command: The command that writes such runs, for the error (``train``).
+
+    Raises:
+        ValueError: the checkpoint is of another kind of run, or its options differ from ``config``'s.
+    """
+    if config.resume is None:
+        return None
+    state = load_resume_checkpoint(config.resume)
+    if marker not in state:
+        raise ValueError(f"{config.resume} is not a {kind} run (written by `boat-vit {command}`)")
+    fields = [f.name for f in dataclasses.fields(config)]
+    merge_resumed(state["config"], dataclasses.asdict(config), config.resume, fields)
+    return state
 
 
 def check_finite(value: float, what: str, output: str) -> None:

@@ -38,9 +38,8 @@ from ..engine import (
     autocast,
     check_bounds,
     check_finite,
+    checkpoint_to_resume,
     derive_seed,
-    load_resume_checkpoint,
-    merge_resumed,
     optimizer_step,
     raise_if_non_finite,
     resumed_config,
@@ -185,17 +184,6 @@ def segmentation_loss(logits: torch.Tensor, aux: Optional[torch.Tensor], labels:
     return loss
 
 
-def _resume_state(config: SegTrainConfig) -> Optional[dict]:
-    """The checkpoint to continue from; its options must be ``config``'s (run options aside)."""
-    if config.resume is None:
-        return None
-    state = load_resume_checkpoint(config.resume)
-    if "segmenter" not in state:
-        raise ValueError(f"{config.resume} is not a segmentation run (written by `boat-vit seg-train`)")
-    merge_resumed(state["config"], dataclasses.asdict(config), config.resume, _FIELDS)
-    return state
-
-
 def _datasets(config: SegTrainConfig, spec: DatasetSpec, mean, std) -> SegmentationFolder:
     augmentation = TrainAugmentation(
         config.crop_size, mean, std, scale=config.scale, ratio_range=config.ratio_range,
@@ -239,7 +227,7 @@ def train_segmentation(config: SegTrainConfig) -> dict:
         seed_everything(config.seed)
         run = (RunDirectory(config.output, resume=config.resume is not None, overwrite=config.overwrite)
                if world.is_main else None)
-        resume_state = _resume_state(config)
+        resume_state = checkpoint_to_resume(config, "segmenter", "segmentation", "seg-train")
         spec = dataset_spec(config.dataset, config.num_classes, config.ignore_index, config.reduce_zero_label)
         segmenter_args = dict(backbone=config.backbone, num_classes=spec.num_classes,
                               backbone_kwargs=config.backbone_kwargs, decoder_channels=config.decoder_channels,
