@@ -12,6 +12,7 @@ from .options import (
     Bounds,
     RunOptions,
     check_bounds,
+    given_options,
     merge_resumed,
     resumed_config,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "default_device",
     "default_threads",
     "derive_seed",
+    "given_options",
     "merge_resumed",
     "optimizer_step",
     "parse_device",

@@ -195,9 +195,10 @@ class TrainingTask(ABC):
 
     @abstractmethod
     def evaluate(self, model: nn.Module, ema_model: Optional[nn.Module], world: Distributed,
-                 amp_dtype: Optional[torch.dtype], progress: bool, label: str) -> Evaluation:
-        """Evaluates the model (and its EMA); raises :class:`~boat_vit.errors.NonFiniteLossError` through
-        :func:`check_finite` for a non-finite result, which then stops the run before anything is saved."""
+                 amp_dtype: Optional[torch.dtype], progress: bool, step: int) -> Evaluation:
+        """Evaluates the model (and its EMA) at ``step`` (the epoch's index, or the iterations done); raises
+        :class:`~boat_vit.errors.NonFiniteLossError` through :func:`check_finite` for a non-finite result, which
+        then stops the run before anything is saved. ``progress``: show a progress bar."""
 
     def checkpoint_extras(self) -> dict:
         """The task's own entries of its run checkpoints (plain data, e.g. class names)."""
@@ -444,10 +445,10 @@ class _Loop:
         if self.ema is not None:
             self.ema.update(self.model, step=updates)
 
-    def evaluate(self, step: int, label: str) -> bool:
+    def evaluate(self, step: int) -> bool:
         """Evaluates, appends the metrics row and keeps the best; returns whether it is the best so far."""
         evaluation = self.task.evaluate(self.model, self.ema.module if self.ema is not None else None, self.world,
-                                        self.amp_dtype, self.show, label)
+                                        self.amp_dtype, self.show, step)
         totals = self.running.fold(self.world)
         row = {self.task.unit: step, "train_loss": totals["loss"] / max(totals["images"], 1),
                "lr": self.optimizer.param_groups[0]["lr"], **evaluation.row,
@@ -502,7 +503,7 @@ class _Loop:
                                 lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                 img_s=f"{self.running.images * self.world.world_size / max(self.running.seconds, 1e-9):.1f}")
             self.running.seconds = time.perf_counter() - started
-            is_best = self.evaluate(epoch, f"eval {epoch + 1}/{total}")
+            is_best = self.evaluate(epoch)
             self.save(epoch + 1, is_best)
 
     def by_iterations(self, loader: DataLoader, sampler: GlobalBatchSampler, batches: ResumedBatches,
@@ -527,7 +528,7 @@ class _Loop:
                 evaluate_now = iteration % schedule.eval_interval == 0 or iteration == schedule.total
                 is_best = False
                 if evaluate_now:
-                    is_best = self.evaluate(iteration, f"eval @{iteration}")
+                    is_best = self.evaluate(iteration)
                     self.ddp_model.train()
                 if evaluate_now or iteration % schedule.checkpoint_interval == 0:
                     self.save(iteration, is_best)
