@@ -151,6 +151,9 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
         (train("--mixup", "-1"), "--mixup must be >= 0"),
         (train("--clip-grad", "0"), "--clip-grad must be > 0"),
         (train("--img-size", "0"), "--img-size must be >= 1"),
+        (train("--reset-head"), "--reset-head applies to --pretrained-file, which is not given"),
+        (train("--partial-weights"), "--partial-weights applies to --pretrained-file, which is not given"),
+        (seg("--partial-weights"), "--partial-weights applies to --backbone-weights, which is not given"),
         (train("--workers", "-1"), "argument --workers: must be at least 0"),
         (train("--threads", "0"), "argument --threads: must be at least 1"),
         (train("--preset", "bogus"), "argument --preset: invalid choice"),
@@ -235,7 +238,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
     ]
 
 
-ARGUMENT_PROBES = 90
+ARGUMENT_PROBES = 93
 
 
 def test_the_argument_sweep_covers_every_command(probe_data, runs):

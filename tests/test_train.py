@@ -15,7 +15,7 @@ from boat_vit.files import read_checkpoint as load_checkpoint
 from boat_vit.classification import resolve_config
 from boat_vit.classification.data import DigitsDataset, build_datasets
 from boat_vit.engine import GlobalBatchSampler, ShardSampler
-from boat_vit.errors import WeightsMismatchError
+from boat_vit.errors import ConfigError, WeightsMismatchError
 from tiny_data import SHAPES, TINY_MODEL, TINY_RECIPE, train_args as _train_args
 
 
@@ -39,6 +39,14 @@ def test_presets_and_overrides():
     assert resolve_config(dict(preset="boat_swin", lr=0.1, drop_path=0.0)).lr == 0.1
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         resolve_config(dict(preset="nope"))
+
+
+def test_weights_options_need_a_weights_file():
+    with pytest.raises(ConfigError, match="reset_head applies to pretrained_file, which is not given"):
+        resolve_config(dict(reset_head=True))
+    with pytest.raises(ConfigError, match="partial_weights applies to pretrained_file, which is not given"):
+        resolve_config(dict(partial_weights=True))
+    assert resolve_config(dict(reset_head=True, pretrained_file="weights.pth")).reset_head
 
 
 def test_digits_split_is_real_reproducible_and_held_out():

@@ -30,10 +30,7 @@ from ..engine import (
 from ..errors import Argument, ConfigError, DataError
 from ..models import check_model_name
 from ..weights import WeightsReport
-from .data import (
-    DatasetSpec, EvalTransform, SegmentationFolder, TrainAugmentation, check_samples, collate_segmentation,
-    dataset_spec,
-)
+from .data import EvalTransform, SegmentationFolder, TrainAugmentation, check_samples, collate_segmentation, dataset_spec
 from .evaluate import InferenceOptions, eval_loader, evaluate_segmentation, format_scores
 from .model import DEFAULT_AUX_CHANNELS, BoatUPerNet, load_backbone_weights
 from .recipes import SegTrainConfig
