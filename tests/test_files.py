@@ -3,6 +3,7 @@ code."""
 import argparse
 import logging
 import os
+import pickle
 import stat
 import sys
 import types
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 
 import boat_vit.models.boat_swin  # noqa: F401  (registers the models)
-from boat_vit.errors import CheckpointError, UnsafeCheckpointError
+from boat_vit.errors import Argument, CheckpointError, UnsafeCheckpointError, WeightsMismatchError
 from boat_vit.files import atomic_write, read_checkpoint, save_safetensors, save_torch, write_text
 from boat_vit.weights import STATE_DICT_KEYS, fill_missing_from_model, read_state_dict, select_state_dict
 
@@ -214,3 +215,14 @@ def test_atomic_write_errors_name_the_file_not_the_temporary_one(tmp_path):
     with pytest.raises(OSError) as caught:
         write_text(tmp_path / "missing" / "out.json", "{}")
     assert str(tmp_path / "missing" / "out.json") in str(caught.value) and ".tmp" not in str(caught.value)
+
+
+def test_errors_name_python_arguments_and_survive_pickling():
+    error = WeightsMismatchError("x.pth has a 10-class head; pass ", Argument("reset_head", True), " or change ",
+                                 Argument("num_classes"))
+    assert str(error) == "x.pth has a 10-class head; pass reset_head=True or change num_classes"
+    assert error.message(lambda a: "--" + a.name.replace("_", "-")) == \
+        "x.pth has a 10-class head; pass --reset-head or change --num-classes"
+    copy = pickle.loads(pickle.dumps(error))  # as a data worker or another process sends it
+    assert type(copy) is WeightsMismatchError and str(copy) == str(error) and copy.parts == error.parts
+    assert isinstance(copy, ValueError) and not copy.parts[3].has_value

@@ -7,6 +7,7 @@ parts, so a front end can word the same error in its own terms: ``str(error)`` s
 Every error is also the built-in exception a caller would expect (:class:`ConfigError` is a ``ValueError``,
 :class:`RunDirectoryError` an ``OSError``, ...).
 """
+import enum
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -24,7 +25,10 @@ __all__ = [
     "python_spelling",
 ]
 
-_ANY = object()  # an Argument named without a value
+class _Unset(enum.Enum):
+    """The value of an :class:`Argument` named alone (an enum member: it keeps its identity through pickling)."""
+
+    UNSET = enum.auto()
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,11 @@ class Argument:
     """An argument named in a message: ``name`` alone, or ``name`` with the ``value`` to pass."""
 
     name: str
-    value: Any = _ANY
+    value: Any = _Unset.UNSET
 
     @property
     def has_value(self) -> bool:
-        return self.value is not _ANY
+        return self.value is not _Unset.UNSET
 
 
 def python_spelling(argument: Argument) -> str:
