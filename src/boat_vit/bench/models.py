@@ -99,7 +99,7 @@ class BenchConfig:
             raise ValueError(f"amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
         device = parse_device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("CUDA is not available on this machine; use --device cpu")
+            raise ConfigError("CUDA is not available on this machine; use ", Argument("device", "cpu"))
 
 
 def _create_model(name: str, config: BenchConfig) -> tuple[nn.Module, tuple[int, int]]:

@@ -29,7 +29,9 @@ from .options import (
 
 __all__ = ["add_parsers"]
 
-TRAIN_FLAGS = dict(allow_partial="--partial-weights")  # library arguments whose flag has another name
+# Python arguments of the library whose flag has another name (see options.flag_spelling)
+INFERENCE_FLAGS = dict(crop="--crop-size")
+TRAIN_FLAGS = dict(allow_partial="--partial-weights", mode="--eval-mode", stride="--eval-stride", crop="--crop-size")
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +193,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     evaluation.add_argument("--json", help="also write the scores to this JSON file (checked before the evaluation; an "
                                            "existing one is kept unless --overwrite)")
     evaluation.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    evaluation.set_defaults(func=_run_eval)
+    evaluation.set_defaults(func=_run_eval, flags=INFERENCE_FLAGS)
 
     prediction = subparsers.add_parser(
         "seg-predict", help="label maps and overlays for images",
@@ -201,4 +203,4 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _add_common(prediction)
     prediction.add_argument("--output", default="predictions", help="output folder (default predictions)")
     prediction.add_argument("--overwrite", action="store_true", help="replace existing outputs in --output")
-    prediction.set_defaults(func=_run_predict)
+    prediction.set_defaults(func=_run_predict, flags=INFERENCE_FLAGS)

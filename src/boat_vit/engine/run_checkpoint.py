@@ -32,7 +32,7 @@ from .run_directory import LAST_CHECKPOINT
 __all__ = ["RUN_CHECKPOINT_FORMAT", "RunCheckpoint"]
 
 RUN_CHECKPOINT_FORMAT = 1
-TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "step", "running")  # what continuing a run needs
+CONTINUING = ("config", "metrics", "best", "optimizer", "scheduler", "scaler", "rng", "step", "running")
 STATE_DICT = "a state dict"
 # What each entry holds: the types it may have and how a message names them.
 ENTRY_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -55,7 +55,6 @@ EARLIER_RELEASE_ENTRIES = ("task", "model_args", "model")  # what evaluating a c
 RNG_ENTRIES = ("torch", "numpy", "numpy_pos", "python")
 RUNNING_ENTRIES = ("loss", "images", "skipped", "seconds")
 OPTIMIZER_ENTRIES = ("state", "param_groups")
-ENTRIES = tuple(ENTRY_KINDS)
 
 
 def _earlier_release(path: Path, state: dict) -> Optional[dict]:
@@ -93,22 +92,23 @@ class RunCheckpoint:
         path = Path(path)
         file = path / LAST_CHECKPOINT if path.is_dir() else path
         state = read_checkpoint(file)
-        if not isinstance(state, dict) or not ("format" in state or {"config", "metrics"} <= set(state)):
-            raise CheckpointError(f"{path} is not a training checkpoint (last.pth or best.pth of a boat-vit run)")
-        if "format" in state:
+        if isinstance(state, dict) and "format" in state:
             _check_entries(file, state, ENTRY_KINDS)
             if state["format"] != RUN_CHECKPOINT_FORMAT:
                 raise CheckpointError(f"{file} has run checkpoint format {state['format']}; this release reads "
                                       f"format {RUN_CHECKPOINT_FORMAT}")
             _check_training_state(file, state)
         else:
-            earlier = _earlier_release(file, state)
+            earlier = _earlier_release(file, state) if isinstance(state, dict) else None
             if earlier is None:
-                raise _damaged(file, "format", "is missing")
+                if isinstance(state, dict) and {"task", "model_args"} <= set(state):  # this release's, edited
+                    raise _damaged(file, "format", "is missing")
+                kind = f"{task} " if task else "training "
+                raise CheckpointError(f"{path} is not a {kind}checkpoint (last.pth or best.pth of a boat-vit run)")
             state = earlier
             _check_entries(file, state, {name: ENTRY_KINDS[name] for name in EARLIER_RELEASE_ENTRIES})
         if task is not None and state["task"] != task:
-            raise CheckpointError(f"{path} is a {state['task']} run checkpoint, not a {task} one")
+            raise CheckpointError(f"{path} is not a {task} checkpoint: it holds a {state['task']} run")
         return cls(file, state)
 
     @property
@@ -164,7 +164,7 @@ class RunCheckpoint:
 
     def check_continuable(self) -> None:
         """Raises a :class:`CheckpointError` unless the checkpoint holds a training state to continue from."""
-        if self.state.get("format") != RUN_CHECKPOINT_FORMAT or any(k not in self.state for k in TRAINING_STATE):
+        if self.state.get("format") != RUN_CHECKPOINT_FORMAT or any(k not in self.state for k in CONTINUING):
             raise CheckpointError(f"{self.path} was written by an earlier release of boat-vit: its weights load for "
                                   "evaluation or as initial weights, but the run cannot be continued")
 
