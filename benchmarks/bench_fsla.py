@@ -21,7 +21,6 @@ Usage: ``python benchmarks/bench_fsla.py [--sections window growth global memory
 [--allocator retain|glibc]``.
 """
 import argparse
-import json
 from typing import Callable
 
 import torch
@@ -40,6 +39,7 @@ from boat_vit.bench import (
     time_interleaved,
     use_allocator,
 )
+from boat_vit.files import write_json
 
 WINDOW = 7
 WINDOW_CASES = ((56, 96, 3), (28, 192, 6))  # (side, channels, heads)
@@ -145,8 +145,7 @@ def main() -> None:
         results[name] = run()
         print(f"### {title}\n\n{markdown_table(results[name])}\n", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

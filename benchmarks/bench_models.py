@@ -17,7 +17,6 @@ Usage: ``python benchmarks/bench_models.py [--pairs boat_swin_t] [--modes infere
 [--allocator retain|glibc]``.
 """
 import argparse
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,6 +34,7 @@ from boat_vit.bench import (
     time_interleaved,
     use_allocator,
 )
+from boat_vit.files import write_json
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,7 @@ def main() -> None:
           f"{args.size}x{args.size}, float32, {args.repeats} interleaved repeats, allocator {allocator}, {info['date']}")
     print(markdown_table([with_verdict(row) for row in rows], COLUMNS))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(rows, handle, indent=2)
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

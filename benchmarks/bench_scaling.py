@@ -24,7 +24,6 @@ memory against tokens to ``--output``.
 Usage: ``python benchmarks/bench_scaling.py [--output benchmarks/results/scaling.png] [--repeats 3]``.
 """
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from boat_vit.bench import (
     release_freed_memory,
     time_interleaved,
 )
+from boat_vit.files import atomic_write, write_json, write_text
 
 SIDES = (7, 14, 28, 56, 112, 224)
 DIM = 96
@@ -163,7 +163,7 @@ def plot(rows: list[dict], path: Path, subtitle: str) -> None:
         axes.legend()
     figure.suptitle(f"Attention cost vs tokens (C={DIM}, {HEADS} heads)\n{subtitle}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    atomic_write(path, lambda file: figure.savefig(file, format="png"))
 
 
 def main() -> None:
@@ -194,9 +194,9 @@ def main() -> None:
     print("\n" + table)
     output = Path(args.output)
     plot(rows, output, subtitle)
-    output.with_suffix(".md").write_text(f"{subtitle}\n\n{table}\n")
+    write_text(output.with_suffix(".md"), f"{subtitle}\n\n{table}\n")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(environment=info, batch_size=args.batch_size, rows=rows), indent=2))
+        write_json(args.json, dict(environment=info, batch_size=args.batch_size, rows=rows))
     print(f"\nwrote {output} and {output.with_suffix('.md')}")
 
 

@@ -91,7 +91,7 @@ def test_errors(released_mini, tmp_path, capsys):
 
     assert main(["convert", str(src), out, "--model", TINY, *mini_args]) == 0
     err = _run_error([str(src), out, "--model", TINY, *mini_args], capsys)
-    assert "output exists (pass --overwrite to replace it)" in err
+    assert f"{out} exists; pass --overwrite to replace it" in err
     assert main(["convert", str(src), out, "--model", TINY, "--overwrite", *mini_args]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mini.pth.tar", "out.safetensors"]
 

@@ -1,13 +1,18 @@
 """A sweep of bad input through every command: each probe must end with status 2 and one line on stderr that
 names the problem (the file, option or value at fault), never a traceback, never advice to load a file unsafely.
 
-Bad files go to every path that loads weights; bad arguments to every command.
+Bad files go to every path that loads weights; run checkpoints with each entry lost or edited to every
+command that reads one; bad arguments to every command; planted links, missing folders and existing files to
+every file a command writes (checked before the work, the link's target untouched); Ctrl-C to the command
+while it starts.
 """
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +20,11 @@ import timm
 import torch
 
 from boat_vit.cli import main as cli_main
+from boat_vit.files import read_checkpoint
 from tiny_data import SEG_TRAIN_ARGS, TINY_MODEL, train_args
 
 MODEL = TINY_MODEL[1]
+TINY_KWARGS = json.loads(TINY_MODEL[3])
 SEG_RUN = ["--iterations", "2", "--eval-interval", "2", "--checkpoint-interval", "2"]
 SHOW = ["--model-kwargs", json.dumps(dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], img_size=64))]
 PWNED = "pwned"  # the file a malicious pickle would create
@@ -93,11 +100,19 @@ def _loading_paths(data: dict[str, Path]) -> dict[str, list[str]]:
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:
+    """Exit status and stderr of the command ``argv``."""
+    status, _, err = _run_capturing(argv, capsys)
+    return status, err
+
+
+def _run_capturing(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of the command ``argv``."""
     try:
         status = cli_main(argv)
     except SystemExit as exit_:  # argparse
         status = exit_.code
-    return status, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
 
 
 def _assert_one_line(status: int, err: str, names: str) -> None:
@@ -235,10 +250,34 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
         (["ablate", "--contenders", "bogus", "--output", f"{out}/a2"], "unknown contenders ['bogus']"),
         (["ablate", "--output", a_file], "is a file, not a folder"),
         (["ablate", "--report-only", "--output", f"{out}/a3"], "no finished runs"),
+        # a model built for one input size, given another
+        (train("--img-size", "33"), "--img-size 33 differs from the img_size 16 of --model-kwargs"),
+        (["bench", MODEL, *SHOW, "--img-size", "33"], "--img-size 33 differs from the img_size 64 of --model-kwargs"),
+        # models that cannot be built, from every command that builds one from arguments
+        (train("--model-kwargs", json.dumps(dict(TINY_KWARGS, embed_dim=0))), "embed_dim=0"),
+        (["bench", MODEL, "--model-kwargs", json.dumps(dict(TINY_KWARGS, embed_dim=0))], "embed_dim=0"),
+        (["show-clusters", "--model", MODEL, "--model-kwargs", json.dumps(dict(TINY_KWARGS, embed_dim=0)),
+          "--output", f"{out}/c8.png"], "embed_dim=0"),
+        (seg("--backbone-kwargs", json.dumps(dict(embed_dim=0, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8]))),
+         "embed_dim=0"),
+        (train("--model-kwargs", json.dumps(dict(TINY_KWARGS, depths=[2, 2, 2]))), "cannot build"),
+        # model names with a pretrained tag the architecture does not have
+        (["train", "--model", f"{MODEL}.bogus", "--data", cls_data, "--output", f"{out}/v"],
+         "unknown pretrained tag 'bogus'"),
+        (["bench", f"{MODEL}.bogus"], "unknown pretrained tag 'bogus'"),
+        (seg("--backbone", f"{MODEL}.bogus"), "unknown pretrained tag 'bogus'"),
+        (["show-clusters", "--model", f"{MODEL}.bogus", "--output", f"{out}/c9.png"], "unknown pretrained tag 'bogus'"),
+        (["predict", image, "--model", f"{MODEL}.bogus", "--pretrained-file", cls_run], "unknown pretrained tag"),
+        (["convert", cls_run, f"{out}/y.safetensors", "--model", f"{MODEL}.bogus"], "unknown pretrained tag 'bogus'"),
+        # outputs that cannot be told apart
+        (["seg-predict", image, image, "--checkpoint", seg_run, "--output", f"{out}/p2"],
+         "the same image is given twice"),
+        (["seg-predict", image, "--checkpoint", seg_run, "--output", a_file], "is a file, not a folder"),
+        (["bench", MODEL, "--csv", f"{out}/r", "--json", f"{out}/r"], f"--csv {out}/r and --json {out}/r are the same"),
     ]
 
 
-ARGUMENT_PROBES = 93
+ARGUMENT_PROBES = 109
 
 
 def test_the_argument_sweep_covers_every_command(probe_data, runs):
@@ -263,3 +302,250 @@ def test_the_installed_command_exits_with_one_line(bad, bad_files, probe_data):
     result = subprocess.run([sys.executable, "-m", "boat_vit", *argv], capture_output=True, text=True, timeout=300)
     _assert_one_line(result.returncode, result.stderr, bad)
     assert not (bad_files / PWNED).exists()
+
+
+# ---- run checkpoints with an entry lost or edited, to every command that reads one --------------------------
+
+RUN_ENTRIES = ("format", "task", "config", "model_args", "model", "ema", "optimizer", "scheduler", "scaler", "rng",
+               "step", "metrics", "best", "running")
+TASK_ENTRIES = dict(cls=("class_names", "data_config"), seg=("spec", "data", "backbone_part"))
+
+
+def _other_kind(value):
+    """A value of another kind than ``value`` (what an edit might leave)."""
+    return 7 if isinstance(value, str) else "edited"
+
+
+def _edit(entry: str, change):
+    """A damage: ``change(value)`` replaces ``entry`` (a dotted path into dicts)."""
+    def damage(state: dict) -> dict:
+        state = dict(state)
+        *parents, key = entry.split(".")
+        holder = state
+        for parent in parents:
+            holder[parent] = dict(holder[parent])
+            holder = holder[parent]
+        holder[key] = change(holder[key])
+        return state
+    return damage
+
+
+def _damages(kind: str) -> dict[str, tuple]:
+    """name -> (damage of the run checkpoint, what the error line must name)."""
+    damages = {}
+    for entry in (*RUN_ENTRIES, *TASK_ENTRIES[kind]):
+        damages[f"{entry} lost"] = (lambda s, e=entry: {k: v for k, v in s.items() if k != e}, f"'{entry}'")
+        damages[f"{entry} of another kind"] = (_edit(entry, _other_kind), f"'{entry}'")
+    half = lambda weights: dict(list(weights.items())[: len(weights) // 2])  # noqa: E731
+    damages.update({
+        "model a list": (_edit("model", lambda weights: list(weights.values())), "'model'"),
+        "half the weights": (_edit("model", half), "'model' entry lacks"),
+        "a weight of another shape": (_edit("model", lambda w: {**w, next(iter(w)): torch.zeros(3)}), "does not fit"),
+        "optimizer without param_groups": (_edit("optimizer", lambda o: {"state": o["state"]}), "'optimizer'"),
+        "rng without torch": (_edit("rng", lambda r: {k: v for k, v in r.items() if k != "torch"}), "'rng'"),
+        "running without loss": (_edit("running", lambda r: {k: v for k, v in r.items() if k != "loss"}),
+                                 "'running'"),
+        "step negative": (_edit("step", lambda step: -1), "'step'"),
+        "best without score": (_edit("best", lambda best: {"step": 0}), "'best'"),
+        "format of a newer release": (_edit("format", lambda _: 2), "format 2"),
+        "task of another kind of run": (_edit("task", lambda _: "detection"), "detection"),
+    })
+    if kind == "cls":
+        name, size = "model_args.name", "model_args.kwargs.embed_dim"
+        damages.update({
+            "class_names empty": (_edit("class_names", lambda _: []), "'class_names'"),
+            "class_names not strings": (_edit("class_names", lambda names: list(range(len(names)))),
+                                        "'class_names'"),
+            "data_config without interpolation": (_edit("data_config", lambda c: {k: v for k, v in c.items()
+                                                                                 if k != "interpolation"}),
+                                                  "'data_config' entry lacks interpolation"),
+            "data_config with an unknown interpolation": (_edit("data_config.interpolation", lambda _: "bogus"),
+                                                          "'data_config'"),
+            "data_config input size of two numbers": (_edit("data_config.input_size", lambda _: (16, 16)),
+                                                      "'data_config'"),
+            "model_args for another class count": (_edit("model_args.num_classes", lambda _: 5), "'model_args'"),
+        })
+    else:
+        name, size = "model_args.backbone", "model_args.backbone_kwargs.embed_dim"
+        damages.update({
+            "spec without num_classes": (_edit("spec", lambda spec: {k: v for k, v in spec.items()
+                                                                     if k != "num_classes"}), "'spec'"),
+            "spec with another class count": (_edit("spec.num_classes", lambda _: 7), "'spec'"),
+            "data without std": (_edit("data", lambda d: {k: v for k, v in d.items() if k != "std"}), "'data'"),
+            "backbone_part without prefix": (_edit("backbone_part", lambda part: {"renames": part["renames"]}),
+                                             "'backbone_part'"),
+        })
+    damages.update({
+        "model name not a string": (_edit(name, lambda _: 3), "'model_args'"),
+        "model name with an unknown pretrained tag": (_edit(name, lambda n: f"{n}.bogus"), ".bogus'"),
+        "embed_dim 0": (_edit(size, lambda _: 0), "'model_args'"),
+    })
+    return damages
+
+
+def _earlier_release_damages() -> dict[str, tuple]:
+    """Classification checkpoints in the layout of an earlier release, damaged."""
+    def earlier(state: dict) -> dict:
+        return dict(model_name=state["model_args"]["name"], model_kwargs=state["model_args"]["kwargs"],
+                    class_names=state["class_names"], data_config=state["data_config"], model=state["model"],
+                    ema=None, config=state["config"], metrics=state["metrics"], epoch=1)
+
+    return {
+        "earlier release, model_name not a string": (lambda s: {**earlier(s), "model_name": 3}, "'model_name'"),
+        "earlier release, model_name with an unknown pretrained tag": (
+            lambda s: {**earlier(s), "model_name": f"{s['model_args']['name']}.bogus"}, "unknown pretrained tag"),
+        "earlier release, half the weights": (lambda s: {**earlier(s), "model": dict(list(s["model"].items())[:9])},
+                                              "'model' entry lacks"),
+    }
+
+
+DAMAGES = dict(cls={**_damages("cls"), **_earlier_release_damages()}, seg=_damages("seg"))
+RUN_READERS = dict(
+    cls={
+        "eval": ["eval", "--checkpoint", "{F}", "--data", "{cls_data}", "--workers", "0"],
+        "predict": ["predict", "{image}", "--checkpoint", "{F}"],
+        "show-clusters": ["show-clusters", "{image}", "--checkpoint", "{F}", "--output", "{out}/damaged.png",
+                          "--overwrite"],
+        "export": ["export", MODEL, "--format", "torchscript", "--checkpoint", "{F}", "--output", "{out}/damaged.pt",
+                   "--overwrite"],
+        "train --resume": ["train", "--resume", "{F}", "--output", "{out}/damaged-run"],
+    },
+    seg={
+        "seg-eval": ["seg-eval", "--checkpoint", "{F}", "--data", "{seg_data}", "--workers", "0"],
+        "seg-predict": ["seg-predict", "{image}", "--checkpoint", "{F}", "--output", "{out}/damaged-predictions",
+                        "--overwrite"],
+        "seg-train --resume": ["seg-train", "--resume", "{F}", "--output", "{out}/damaged-seg-run"],
+    },
+)
+DAMAGE_PROBES = [(kind, reader, damage) for kind in ("cls", "seg") for reader in RUN_READERS[kind]
+                 for damage in DAMAGES[kind]
+                 if not (damage.startswith("earlier release") and reader.endswith("--resume"))]  # never continued
+
+
+@pytest.fixture(scope="module")
+def damaged_files(runs, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    folder = tmp_path_factory.mktemp("damaged")
+    files = {}
+    for kind in ("cls", "seg"):
+        state = read_checkpoint(runs[kind])
+        for number, (damage, (change, _)) in enumerate(DAMAGES[kind].items()):
+            files[kind, damage] = folder / f"{kind}-{number}.pth"
+            torch.save(change(state), files[kind, damage])
+    return files
+
+
+@pytest.mark.parametrize("kind, reader, damage", DAMAGE_PROBES)
+def test_damaged_run_checkpoints(kind, reader, damage, damaged_files, probe_data, capsys):
+    file = damaged_files[kind, damage]
+    values = dict(F=str(file), **{k: str(v) for k, v in probe_data.items()})
+    status, err = _run([arg.format(**values) for arg in RUN_READERS[kind][reader]], capsys)
+    _assert_one_line(status, err, file.name)
+    assert DAMAGES[kind][damage][1] in err, err
+
+
+def test_the_damage_sweep_covers_every_entry_and_every_reader():
+    for kind, entries in TASK_ENTRIES.items():
+        damaged = {name.split(" ")[0] for name in DAMAGES[kind]}
+        assert set(RUN_ENTRIES) | set(entries) <= damaged
+    assert {argv[0] for readers in RUN_READERS.values() for argv in readers.values()} == {
+        "eval", "predict", "show-clusters", "export", "train", "seg-eval", "seg-predict", "seg-train"}
+    assert len(DAMAGE_PROBES) == 5 * len(DAMAGES["cls"]) - len(_earlier_release_damages()) + 3 * len(DAMAGES["seg"])
+    assert len(DAMAGE_PROBES) == 420
+
+
+# ---- every file a command writes: planted links, missing folders, existing files ------------------------------
+
+
+def _writers(data: dict[str, Path], runs: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
+    """Every file a command writes: (command line with ``{DIR}`` for an output folder, the file in it)."""
+    image, seg_data = str(data["image"]), str(data["seg_data"])
+    bench = ["bench", MODEL, *SHOW, "--no-memory", "--warmup", "0", "--repeats", "1", "--batch-size", "1"]
+    return {
+        "seg-predict labels": (["seg-predict", image, "--checkpoint", str(runs["seg"]), "--output", "{DIR}"],
+                               "0_labels.png"),
+        "seg-predict overlay": (["seg-predict", image, "--checkpoint", str(runs["seg"]), "--output", "{DIR}"],
+                                "0_overlay.png"),
+        "seg-eval --json": (["seg-eval", "--checkpoint", str(runs["seg"]), "--data", seg_data, "--workers", "0",
+                             "--json", "{DIR}/scores.json"], "scores.json"),
+        "bench --csv": ([*bench, "--csv", "{DIR}/rows.csv"], "rows.csv"),
+        "bench --json": ([*bench, "--json", "{DIR}/rows.json"], "rows.json"),
+        "show-clusters --output": (["show-clusters", "--model", MODEL, *SHOW, "--output", "{DIR}/groups.png"],
+                                   "groups.png"),
+        "convert": (["convert", str(runs["cls"]), "{DIR}/weights.safetensors", "--model", MODEL, "--model-kwargs",
+                     json.dumps(dict(TINY_KWARGS, num_classes=2))], "weights.safetensors"),
+    }
+
+
+WRITERS = list(_writers(dict.fromkeys(("image", "seg_data"), "x"), dict.fromkeys(("cls", "seg"), "x")))
+PRECIOUS = b"the user's own file"
+
+
+def _plant_link(folder: Path, name: str) -> Path:
+    """A symbolic link ``folder/name`` to a file of the user's elsewhere; returns the file."""
+    folder.mkdir(parents=True)
+    target = folder.parent / f"{folder.name}-precious"
+    target.write_bytes(PRECIOUS)
+    (folder / name).symlink_to(target)
+    return target
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_planted_link_is_replaced_never_followed(writer, probe_data, runs, tmp_path, capsys):
+    argv, name = _writers(probe_data, runs)[writer]
+    folder = tmp_path / "out"
+    target = _plant_link(folder, name)
+    status, err = _run([arg.replace("{DIR}", str(folder)) for arg in argv] + ["--overwrite"], capsys)
+    assert status == 0, err
+    assert target.read_bytes() == PRECIOUS
+    assert not (folder / name).is_symlink() and (folder / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_an_existing_output_is_kept_and_checked_before_the_work(writer, probe_data, runs, tmp_path, capsys):
+    argv, name = _writers(probe_data, runs)[writer]
+    folder = tmp_path / "out"
+    target = _plant_link(folder, name)
+    status, out, err = _run_capturing([arg.replace("{DIR}", str(folder)) for arg in argv], capsys)
+    _assert_one_line(status, err, f"{folder / name} exists; pass --overwrite to replace it")
+    assert out == ""  # refused before the work
+    assert target.read_bytes() == PRECIOUS and (folder / name).is_symlink()
+    assert sorted(p.name for p in folder.iterdir()) == [name]  # nothing else written, nothing half-written
+
+
+@pytest.mark.parametrize("writer", [w for w in WRITERS if not w.startswith("seg-predict")])  # it makes its folder
+def test_a_missing_output_folder_fails_before_the_work(writer, probe_data, runs, tmp_path, capsys):
+    argv, name = _writers(probe_data, runs)[writer]
+    folder = tmp_path / "missing"
+    status, out, err = _run_capturing([arg.replace("{DIR}", str(folder)) for arg in argv], capsys)
+    _assert_one_line(status, err, f"the folder {folder} does not exist")
+    assert out == "" and not folder.exists()  # refused before the work
+
+
+# ---- Ctrl-C while the command starts -----------------------------------------------------------------------
+
+TORCH_LIBRARY = "libtorch_cpu"  # mapped early in ``import torch``: the command is then importing
+
+
+def _loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches the process through /proc")
+@pytest.mark.parametrize("entry", ["python -m boat_vit", "boat-vit"])
+def test_ctrl_c_while_the_command_starts_is_one_line(entry, probe_data):
+    script = Path(sys.executable).with_name("boat-vit")
+    command = [sys.executable, "-m", "boat_vit"] if entry != "boat-vit" else [str(script)]
+    if entry == "boat-vit" and not script.exists():
+        pytest.skip(reason="the boat-vit script is not installed next to the interpreter")
+    process = subprocess.Popen([*command, "predict", str(probe_data["image"]), "--checkpoint", "none.pth"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not _loaded(process.pid, TORCH_LIBRARY) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.splitlines() == ["boat-vit: interrupted"], err  # the command's name alone: it was still starting

@@ -55,6 +55,13 @@ def one_epoch_run(shapes_folder, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def segmentation_run(ade_shapes, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("seg") / "run"
+    assert cli_main(["seg-train", *SEG_TRAIN_ARGS, "--data", str(ade_shapes), "--output", str(run), *SEG_RUN]) == 0
+    return run
+
+
 # ---- the run directory -----------------------------------------------------------------------------------
 
 
@@ -104,6 +111,54 @@ def test_a_non_finite_evaluation_never_becomes_best(shapes_folder, tmp_path, mon
     assert read_checkpoint(run / "best.pth")["step"] == read_checkpoint(run / "last.pth")["step"] == 1  # epochs done
 
 
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_a_run_diverging_before_its_first_checkpoint_says_none_was_saved(task, shapes_folder, ade_shapes, tmp_path,
+                                                                         capsys):
+    run = tmp_path / "run"
+    diverging = ["--lr", "1e30"]  # the second step's loss is no longer finite
+    if task == "classification":
+        argv = train_args(shapes_folder, run, 1, *diverging, "--warmup-epochs", "0")
+    else:
+        argv = ["seg-train", *SEG_TRAIN_ARGS, "--data", str(ade_shapes), "--output", str(run), *SEG_RUN, *diverging,
+                "--warmup-iters", "0"]
+    assert cli_main(argv) == 2
+    error = _error(capsys)
+    assert "non-finite loss at " in error and "step 2" in error or "iteration 2" in error
+    assert f"no checkpoint had been saved in {run} yet" in error and "intact" not in error
+    assert not (run / "last.pth").exists()
+
+
+def test_an_evaluation_of_non_finite_outputs_warns(one_epoch_run, segmentation_run, shapes_folder, ade_shapes,
+                                                   tmp_path, capsys):
+    for run, name, bias in ((one_epoch_run, "cls.pth", "head.fc.bias"),
+                            (segmentation_run, "seg.pth", "upernet.segmentation_head.0.bias")):
+        state = read_checkpoint(run / "last.pth")  # the classifier's bias becomes NaN
+        state["model"] = {**state["model"], bias: torch.full_like(state["model"][bias], float("nan"))}
+        torch.save(state, tmp_path / name)
+    image = str(shapes_folder / "val" / "circle" / "0.png")
+    commands = {
+        "eval": (["eval", "--checkpoint", str(tmp_path / "cls.pth"), "--data", str(shapes_folder), "--workers", "0"],
+                 "boat-vit eval: warning: the loss is nan: the model gives non-finite outputs"),
+        "predict": (["predict", image, "--checkpoint", str(tmp_path / "cls.pth")],
+                    f"boat-vit predict: warning: non-finite probabilities for {image}"),
+        "seg-eval": (["seg-eval", "--checkpoint", str(tmp_path / "seg.pth"), "--data", str(ade_shapes), "--workers",
+                      "0"], "pixels got non-finite class scores from"),
+    }
+    for argv, warning in commands.values():
+        assert cli_main(argv) == 0
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("boat-vit")]  # no bars
+        assert len(lines) == 1 and warning in lines[0] and str(tmp_path) in lines[0], lines
+
+
+def test_a_model_built_for_a_size_trains_at_that_size(shapes_folder, tmp_path):
+    args = train_args(shapes_folder, tmp_path / "run", 1)
+    del args[args.index("--img-size"):args.index("--img-size") + 2]  # the size comes from --model-kwargs alone
+    assert cli_main(args) == 0
+    assert read_checkpoint(tmp_path / "run" / "last.pth")["data_config"]["input_size"] == (3, 16, 16)
+    digits = resolve_config(dict(preset="digits", img_size=64))  # the preset's model takes the size asked for
+    assert digits.img_size == digits.model_kwargs["img_size"] == 64
+
+
 def test_a_non_finite_segmentation_output_stops_the_run(ade_shapes, tmp_path, monkeypatch, capsys):
     evaluate = seg_train.evaluate_segmentation
     monkeypatch.setattr(seg_train, "evaluate_segmentation",
@@ -136,6 +191,28 @@ def test_segmentation_predictions_of_images_with_the_same_name_do_not_collide(tm
     assert output_stems([str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]) == ["a", "b"]
     with pytest.raises(ValueError, match="the same image is given twice"):
         output_stems([paths[0], paths[0]])
+    # one folder, one name, two formats; then folder and file names that join to the same name
+    assert output_stems([f"{tmp_path}/d/s1.jpg", f"{tmp_path}/d/s1.png", f"{tmp_path}/d/x.png"]) == [
+        "s1_jpg", "s1_png", "x"]
+    assert output_stems([f"{tmp_path}/a_b/c.jpg", f"{tmp_path}/a/b/c.jpg"]) == ["a_b_c_jpg", "a_b_c_jpg-2"]
+    assert output_stems([f"{tmp_path}/a_b/c.jpg", f"{tmp_path}/a/b/c.jpg", f"{tmp_path}/a_b_c_jpg-2.jpg"]) == [
+        "a_b_c_jpg", "a_b_c_jpg-3", "a_b_c_jpg-2"]
+
+
+def test_seg_predict_never_gives_two_inputs_one_output(segmentation_run, ade_shapes, tmp_path, capsys):
+    source = ade_shapes / "ADEChallengeData2016" / "images" / "validation"
+    images = tmp_path / "d"
+    images.mkdir()
+    Image.open(source / "validation_000.jpg").save(images / "s1.jpg")
+    Image.open(source / "validation_001.jpg").save(images / "s1.png")  # another image of the same name
+    argv = ["seg-predict", str(images / "s1.jpg"), str(images / "s1.png"), "--checkpoint",
+            str(segmentation_run / "last.pth"), "--output", str(tmp_path / "out")]
+    assert cli_main(argv) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["s1_jpg_labels.png", "s1_jpg_overlay.png", "s1_png_labels.png", "s1_png_overlay.png"]
+    sizes = [Image.open(tmp_path / "out" / name).size for name in written]
+    assert sizes == [Image.open(images / "s1.jpg").size] * 2 + [Image.open(images / "s1.png").size] * 2
+    assert capsys.readouterr().out.split() == [str(tmp_path / "out" / name) for name in written]
 
 
 def _in_a_mount_namespace(script: str, tmp_path: Path) -> subprocess.CompletedProcess:

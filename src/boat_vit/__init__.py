@@ -2,9 +2,12 @@
 
 Importing the package registers the BOAT models with timm (``timm.create_model("boat_swin_tiny_...")``).
 """
-from .clustering import Clustering, GroupPlan, balanced_clustering, plan_groups
-from .layers import FeatureSpaceLocalAttention
-from . import models  # noqa: F401  (registers the BOAT models with timm)
+from ._startup import quiet_interrupt
+
+with quiet_interrupt():  # Ctrl-C while the command imports torch and timm: one line, not a traceback
+    from .clustering import Clustering, GroupPlan, balanced_clustering, plan_groups
+    from .layers import FeatureSpaceLocalAttention
+    from . import models  # noqa: F401  (registers the BOAT models with timm)
 
 __version__ = "0.1.0"
 

@@ -18,10 +18,12 @@ __all__ = [
     "ConfigError",
     "DataError",
     "NonFiniteLossError",
+    "OutputError",
     "OutputExistsError",
     "RunDirectoryError",
     "UnsafeCheckpointError",
     "WeightsMismatchError",
+    "first_line",
     "python_spelling",
 ]
 
@@ -46,6 +48,11 @@ class Argument:
 def python_spelling(argument: Argument) -> str:
     """``name``, or ``name=value`` as a Python call spells it."""
     return f"{argument.name}={argument.value!r}" if argument.has_value else argument.name
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (its type's name where it has none)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 MessagePart = Union[str, Argument]
@@ -88,6 +95,10 @@ class WeightsMismatchError(CheckpointError):
 
 class OutputExistsError(BoatVitError, FileExistsError):
     """An output file that exists and is kept: replacing it was not asked for."""
+
+
+class OutputError(BoatVitError, OSError):
+    """An output file that cannot be written: its folder is missing or not writable, or a folder is in its place."""
 
 
 class RunDirectoryError(BoatVitError, OSError):

@@ -19,7 +19,9 @@ Importing this module registers both with :func:`torch.serialization.add_safe_gl
 
 Writing. :func:`atomic_write` fills a temporary file created exclusively in the target's folder (never
 through a planted link), flushes it to disk and renames it over the target: a reader sees the old file or
-the new one, never half of one. New files get the permissions of the process's umask.
+the new one, never half of one. New files get the permissions of the process's umask. :func:`check_output`
+says before any work whether a file may be written: its folder exists and takes files, and nothing is in
+its place unless replacing it was asked for (a symbolic link counts: it is replaced, never followed).
 """
 import argparse
 import json
@@ -29,17 +31,26 @@ import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import safetensors.torch
 import torch
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from .errors import (
+    Argument,
+    CheckpointError,
+    MessagePart,
+    OutputError,
+    OutputExistsError,
+    UnsafeCheckpointError,
+    first_line,
+)
 
 __all__ = [
     "SAFETENSORS_SUFFIX",
     "TEMPORARY_SUFFIX",
     "atomic_write",
+    "check_output",
     "read_checkpoint",
     "save_safetensors",
     "save_torch",
@@ -50,6 +61,7 @@ __all__ = [
 SAFETENSORS_SUFFIX = ".safetensors"
 TEMPORARY_SUFFIX = ".tmp"  # of the files atomic_write renames into place
 NEW_FILE_MODE = 0o666  # before the umask, as open() creates files
+WRITE_CHECK_PREFIX = ".write-check."  # of the empty file check_output creates and removes
 YACS_CFG_NODE = "yacs.config.CfgNode"
 
 PathLike = Union[str, os.PathLike]
@@ -101,7 +113,7 @@ def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         try:
             return safetensors.torch.load_file(path, device=str(map_location))
         except Exception as err:  # safetensors raises its own error types for a bad header or truncated data
-            raise CheckpointError(f"cannot read {path} as a safetensors file: {_first_line(err)}") from err
+            raise CheckpointError(f"cannot read {path} as a safetensors file: {first_line(err)}") from err
     _allow_safe_globals()
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
@@ -117,12 +129,7 @@ def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(f"cannot read {path} as a checkpoint: not a torch.save or safetensors file "
                               f"({_unpickler_detail(err)})") from err
     except Exception as err:  # not a torch.save file: bad magic number, truncated zip, garbage pickle opcodes, ...
-        raise CheckpointError(f"cannot read {path} as a checkpoint: {_first_line(err)}") from err
-
-
-def _first_line(error: BaseException) -> str:
-    """The first non-empty line of an error message (``type(error)`` where it has none)."""
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise CheckpointError(f"cannot read {path} as a checkpoint: {first_line(err)}") from err
 
 
 def _unpickler_detail(error: BaseException) -> str:
@@ -239,3 +246,36 @@ def write_text(path: PathLike, text: str) -> Path:
 def write_json(path: PathLike, value: Any) -> Path:
     """``value`` as indented JSON (other values as their ``str``) through :func:`atomic_write`."""
     return write_text(path, json.dumps(value, indent=2, default=str))
+
+
+def check_output(path: PathLike, overwrite: bool = False, argument: Optional[str] = None) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if a file may be written there: to check before the work.
+
+    Its folder must exist and take new files, no folder may be in its place and, unless ``overwrite``,
+    nothing at all (a symbolic link counts, followed or not: :func:`atomic_write` replaces the link itself).
+
+    Args:
+        path: The file to write.
+        overwrite: An existing file may be replaced.
+        argument: The argument that gave ``path``, named in messages (``None``: the path alone).
+
+    Raises:
+        OutputExistsError: something is at ``path`` and ``overwrite`` is false.
+        OutputError: the folder is missing or cannot be written, or ``path`` is a folder.
+    """
+    path = Path(path)
+    named: Sequence[MessagePart] = (Argument(argument, str(path)),) if argument else (str(path),)
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(*named, f": the folder {folder} does not exist")
+    if path.is_dir():
+        raise OutputError(*named, " is a folder; give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExistsError(*named, " exists; pass ", Argument("overwrite", True), " to replace it")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=WRITE_CHECK_PREFIX, suffix=TEMPORARY_SUFFIX)
+    except OSError as error:
+        raise OutputError(*named, f": cannot write to {folder}: {error.strerror or error}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path

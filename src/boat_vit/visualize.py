@@ -18,6 +18,7 @@ from PIL import Image
 
 from .classification import create_classifier, load_classifier
 from .errors import Argument, ConfigError
+from .files import atomic_write, check_output
 from .images import load_image, palette
 from .layers import ClusterRecord, record_clusters, select_fsla_layer
 
@@ -106,7 +107,7 @@ def render_clusters(
         record: The recorded clustering of the image (image 0 of the batch).
         heads: Heads to draw, one column each.
         patch: ``(row, col)`` of the selected patch in the layer's token map.
-        output: PNG path.
+        output: PNG path, written atomically (an existing file is replaced).
         title: Header line.
         panel_width: Width of each panel in pixels, at least ``MIN_PANEL_WIDTH``.
     """
@@ -157,7 +158,7 @@ def render_clusters(
         axes = panel(column, 1, picture, f"head {head}: group {groups[row, col]} ({int(members.sum())} + "
                                          f"{int(overlap.sum())} overlap)")
         axes.add_patch(Rectangle((col, row), 1, 1, fill=False, edgecolor=SELECTED_COLOUR, linewidth=1.5))
-    figure.savefig(output, dpi=DPI, format="png")
+    atomic_write(output, lambda file: figure.savefig(file, dpi=DPI, format="png"))
     return fig_width, fig_height
 
 
@@ -207,11 +208,12 @@ def show_clusters(
     img_size: Optional[int] = None,
     panel_width: int = DEFAULT_PANEL_WIDTH,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     """Runs a model on an image and draws the FSLA groups of one layer (module docstring).
 
     Args:
-        output: PNG path to write.
+        output: PNG path to write (checked first: its folder exists, and it does not unless ``overwrite``).
         model_name: timm model name (not needed with ``checkpoint``).
         image: Image file; ``None`` uses ``sample``.
         sample: Built-in image when ``image`` is ``None``: ``china``, ``flower`` or ``digit``.
@@ -226,11 +228,13 @@ def show_clusters(
             model's total stride); default the model's input size.
         panel_width: Width of each panel in pixels.
         seed: Seed of random weights.
+        overwrite: Replace an existing ``output``.
 
     Returns:
         ``layer``, ``token_map``, ``num_groups``, ``group_size``, ``input_size``, ``heads``, ``patch``,
         ``figure_size`` and, with weights, ``prediction`` (class name, probability).
     """
+    check_output(output, overwrite, argument="output")  # before the work
     torch.manual_seed(seed)
     model, class_names, data_config = _load_model(model_name, checkpoint, pretrained_file, model_kwargs or {})
     layer = select_fsla_layer(model, stage, block)

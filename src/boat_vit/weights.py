@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 from timm.models import clean_state_dict
 
-from .errors import Argument, CheckpointError, OutputExistsError, WeightsMismatchError
-from .files import SAFETENSORS_SUFFIX, PathLike, read_checkpoint, save_safetensors
+from .errors import Argument, CheckpointError, WeightsMismatchError
+from .files import SAFETENSORS_SUFFIX, PathLike, check_output, read_checkpoint, save_safetensors
 
 __all__ = [
     "BACKBONE_PART",
@@ -365,15 +365,15 @@ def convert_checkpoint(
         The metadata written into the file (``source``, ``source_key`` and ``metadata``).
 
     Raises:
-        OutputExistsError: ``dst`` exists and ``overwrite`` is false.
+        OutputExistsError: ``dst`` exists (a symbolic link too) and ``overwrite`` is false.
+        OutputError: the folder of ``dst`` is missing or cannot be written.
         CheckpointError: ``dst`` does not end in ``.safetensors``; unreadable or unsafe input.
         WeightsMismatchError: weights that do not fit the model exactly.
     """
     src, dst = Path(src), Path(dst)
     if dst.suffix != SAFETENSORS_SUFFIX:
         raise CheckpointError(f"the output must end in {SAFETENSORS_SUFFIX} (timm picks the loader by suffix): {dst}")
-    if dst.exists() and not overwrite:
-        raise OutputExistsError("output exists (pass ", Argument("overwrite", True), f" to replace it): {dst}")
+    check_output(dst, overwrite)  # before the work
     state, used_key = read_state_dict(src, key)
     state = _apply_filter(state, model, filter_fn)
     own = model.state_dict()

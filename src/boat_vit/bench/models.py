@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import timm
 import torch
 import torch.nn as nn
+from timm.layers import to_2tuple
 
 from ..engine import AMP_DTYPES, amp_dtype_for, parse_device
 from ..errors import Argument, ConfigError
@@ -88,6 +89,10 @@ class BenchConfig:
             raise ValueError("compile needs warmup >= 1 (compilation happens in the warm-up)")
         if self.img_size is not None and self.img_size < 1:
             raise ValueError(f"img_size must be positive, got {self.img_size}")
+        model_size = self.model_kwargs.get("img_size")
+        if self.img_size is not None and model_size is not None and to_2tuple(model_size) != to_2tuple(self.img_size):
+            raise ConfigError(Argument("img_size"), f" {self.img_size} differs from the img_size {model_size!r} of ",
+                              Argument("model_kwargs"), " (give one of them)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.amp_dtype is not None and self.amp_dtype not in ("float16", "bfloat16"):

@@ -1,13 +1,17 @@
 """Where and when figures were measured, and the figures as markdown, CSV and JSON."""
 import csv
 import datetime
-import json
+import io
 import os
 import platform
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import timm
 import torch
+
+from .. import files
+from ..files import PathLike
 
 __all__ = ["Column", "environment", "machine_line", "markdown_table", "write_csv", "write_json"]
 
@@ -56,15 +60,15 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Optional[Sequence[Co
     return "\n".join(lines)
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
-    """One line per row, every key of the first row a column."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def write_csv(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
+    """One line per row, every key of the first row a column; written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return files.write_text(path, text.getvalue())
 
 
-def write_json(document: dict[str, Any], path: str) -> None:
-    """``document`` as indented JSON."""
-    with open(path, "w") as f:
-        json.dump(document, f, indent=2, default=str)
+def write_json(document: dict[str, Any], path: PathLike) -> Path:
+    """``document`` as indented JSON; written atomically."""
+    return files.write_json(path, document)

@@ -6,9 +6,9 @@ import torch.nn as nn
 from ..engine import RunCheckpoint
 from ..errors import Argument, CheckpointError, ConfigError
 from ..models import check_architecture_arguments, check_model_name, create_model, weights_filter
-from ..weights import WeightsReport, classifier_keys, load_state_dict_into, load_weights
+from ..weights import WeightsReport, classifier_keys, load_weights
 
-__all__ = ["create_classifier", "load_classifier"]
+__all__ = ["create_classifier", "load_classifier", "run_entries"]
 
 IMAGENET_CLASSES = 1000  # the class count of models created without a run checkpoint
 
@@ -41,17 +41,56 @@ def create_classifier(
     return model, report
 
 
-def _rebuilt(checkpoint: RunCheckpoint) -> nn.Module:
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct")
+CHANNELS = 3  # of the images a classifier takes
+
+
+def run_entries(run: RunCheckpoint) -> tuple[list[str], dict]:
+    """The class names and data configuration of a classification run checkpoint, checked.
+
+    Raises:
+        CheckpointError: either is missing or holds what a classifier cannot use (naming the entry).
+    """
+    from timm.data.transforms import str_to_interp_mode
+
+    class_names, data_config = run.entry("class_names"), run.entry("data_config")
+    if not isinstance(class_names, list) or not class_names or not all(isinstance(n, str) for n in class_names):
+        raise run.damaged("class_names", f"is not a list of class names: {class_names!r}")
+    if not isinstance(data_config, dict):
+        raise run.damaged("data_config", f"is a {type(data_config).__name__}, not a data configuration")
+    absent = [key for key in DATA_CONFIG_KEYS if key not in data_config]
+    if absent:
+        raise run.damaged("data_config", f"lacks {', '.join(absent)}")
+    input_size, interpolation = data_config["input_size"], data_config["interpolation"]
+    if not (isinstance(input_size, (tuple, list)) and len(input_size) == 3 and input_size[0] == CHANNELS
+            and all(isinstance(n, int) and n >= 1 for n in input_size)):
+        raise run.damaged("data_config", f"has an input size that is not (3, height, width): {input_size!r}")
+    try:
+        str_to_interp_mode(interpolation)
+    except (KeyError, TypeError):
+        raise run.damaged("data_config", f"has an unknown interpolation {interpolation!r}") from None
+    for key in ("mean", "std"):
+        value = data_config[key]
+        if not (isinstance(value, (tuple, list)) and len(value) == CHANNELS
+                and all(isinstance(v, (int, float)) for v in value)):
+            raise run.damaged("data_config", f"has a {key} that is not {CHANNELS} numbers: {value!r}")
+    if not isinstance(data_config["crop_pct"], (int, float)) or not 0 < data_config["crop_pct"] <= 1:
+        raise run.damaged("data_config", f"has a crop_pct outside (0, 1]: {data_config['crop_pct']!r}")
+    return class_names, data_config
+
+
+def _rebuilt(run: RunCheckpoint) -> nn.Module:
     """The model of a classification run checkpoint, built from its stored arguments (exactly as trained)."""
-    args = checkpoint.model_args
-    class_names = checkpoint.entry("class_names")
-    if not isinstance(class_names, list) or not class_names:
-        raise CheckpointError(f"{checkpoint.path} holds no class names (damaged?)")
+    args = run.model_args
+    class_names, _ = run_entries(run)
     if not isinstance(args.get("name"), str) or args.get("num_classes") != len(class_names):
-        raise CheckpointError(f"{checkpoint.path} holds model arguments that do not name a model for its "
-                              f"{len(class_names)} classes: {args!r}")
-    kwargs = check_architecture_arguments(args.get("kwargs", {}), str(checkpoint.path))
-    return create_model(args["name"], num_classes=args["num_classes"], **kwargs)
+        raise run.damaged("model_args", f"does not name a model for the {len(class_names)} classes of the run: "
+                                        f"{args!r}")
+    kwargs = check_architecture_arguments(args.get("kwargs", {}), str(run.path))
+    try:
+        return create_model(args["name"], num_classes=args["num_classes"], **kwargs)
+    except ConfigError as error:
+        raise run.damaged("model_args", f"cannot make a model: {error}") from None
 
 
 def load_classifier(
@@ -79,12 +118,8 @@ def load_classifier(
                               Argument("model_name"), " and ", Argument("weights"))
         run = RunCheckpoint.read(checkpoint, task="classification")
         model = _rebuilt(run)
-        entry = "ema" if use_ema else "model"
-        load_state_dict_into(model, run.weights(ema=use_ema), checkpoint, entry=entry)
-        class_names, data_config = run.entry("class_names"), run.entry("data_config")
-        if not isinstance(data_config, dict) or not {"input_size", "interpolation", "mean", "std", "crop_pct"} \
-                <= set(data_config):
-            raise CheckpointError(f"{checkpoint} holds an incomplete data configuration: {data_config!r}")
+        run.load_into(model, ema=use_ema)
+        class_names, data_config = run_entries(run)
     elif model_name is not None:
         check_model_name(model_name)
         if weights is None:

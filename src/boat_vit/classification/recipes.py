@@ -3,6 +3,8 @@ and the released ImageNet recipes) and how options, preset and defaults combine 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from timm.layers import to_2tuple
+
 from ..engine import (
     AT_LEAST_ONE,
     NOT_NEGATIVE,
@@ -105,6 +107,10 @@ class TrainConfig(RunOptions):
         if self.resume and (self.pretrained_file or self.overwrite):
             raise ConfigError(Argument("resume"), " continues a run with its own weights; drop ",
                               Argument("pretrained_file"), " and ", Argument("overwrite"))
+        model_size = self.model_kwargs.get("img_size")
+        if self.img_size is not None and model_size is not None and to_2tuple(model_size) != to_2tuple(self.img_size):
+            raise ConfigError(Argument("img_size"), f" {self.img_size} differs from the img_size {model_size!r} of ",
+                              Argument("model_kwargs"), " (give one of them)")
         if (self.reset_head or self.partial_weights) and not self.pretrained_file:
             raise ConfigError(Argument("reset_head" if self.reset_head else "partial_weights"), " applies to ",
                               Argument("pretrained_file"), ", which is not given")
@@ -145,6 +151,8 @@ def resolve_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoint] =
         size = next((s for s in ("tiny", "small", "base") if s in model), None)
         if preset in RELEASED_DROP_PATH and size:
             merged["drop_path"] = RELEASED_DROP_PATH[preset][size]
+    if "img_size" in values and "model_kwargs" not in values and "img_size" in merged.get("model_kwargs", {}):
+        merged["model_kwargs"] = dict(merged["model_kwargs"], img_size=values["img_size"])  # the preset's model too
     merged.update(values)
     config = TrainConfig(**merged)
     config.check()

@@ -23,6 +23,7 @@ from ..models import check_model_name, create_model, weights_filter
 from ..weights import WeightsReport, load_weights
 from .data import build_datasets, collate_skipping
 from .evaluate import eval_loader_of, eval_transform_for, evaluate_classifier
+from .model import run_entries
 from .recipes import TrainConfig
 
 __all__ = ["ClassificationTask", "train_classifier"]
@@ -38,9 +39,11 @@ PLOT_PANELS = (
 
 def _transforms(config: TrainConfig):
     from timm.data import create_transform, resolve_data_config
+    from timm.layers import to_2tuple
     from timm.models import get_pretrained_cfg
 
-    overrides = dict(input_size=(3, config.img_size, config.img_size)) if config.img_size else {}
+    size = config.img_size or config.model_kwargs.get("img_size")  # a model built for a size takes that size
+    overrides = dict(input_size=(3, *to_2tuple(size))) if size else {}
     data_config = resolve_data_config(overrides, pretrained_cfg=get_pretrained_cfg(config.model).to_dict())
     if config.crop_pct is not None:
         data_config["crop_pct"] = config.crop_pct
@@ -99,13 +102,14 @@ class ClassificationTask(TrainingTask):
 
     def build_data(self, world: Distributed, resumed: Optional[RunCheckpoint]) -> TrainingData:
         config = self.config
+        resumed_classes = run_entries(resumed)[0] if resumed is not None else None  # a damaged file stops it now
         check_model_name(config.model)
         train_transform, eval_transform, self.data_config = _transforms(config)
         train_set, val_set = build_datasets(config.data, train_transform, eval_transform)
         self.class_names = list(train_set.classes)
-        if resumed is not None and resumed.entry("class_names") != self.class_names:
+        if resumed_classes is not None and resumed_classes != self.class_names:
             raise DataError(f"the classes of {config.data} ({len(self.class_names)}) differ from those of the "
-                            f"resumed run ({len(resumed.entry('class_names'))})")
+                            f"resumed run ({len(resumed_classes)})")
         self.val_loader = eval_loader_of(val_set, world, max(1, self.micro_batch // world.world_size), config.workers)
         self.mixup, self.criterion = _criterion(config, len(self.class_names))
         return TrainingData(train_set, collate_skipping)

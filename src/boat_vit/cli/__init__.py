@@ -10,20 +10,26 @@ file or value at fault, and exit status 2.
 """
 import argparse
 import sys
+import warnings
 from typing import NoReturn, Optional, Sequence, Union
 
-from ..engine import NonFiniteLossError
-from ..errors import BoatVitError
-from ..export import ExportMismatchError
-from . import classification, segmentation, tools
-from .options import USAGE_ERROR, flag_spelling
+from .._startup import COMMAND, INTERRUPTED, quiet_interrupt
+
+with quiet_interrupt():  # the commands import torch, timm, smp: seconds in which Ctrl-C must be quiet too
+    from ..engine import NonFiniteLossError
+    from ..errors import BoatVitError
+    from ..export import ExportMismatchError
+    from . import classification, segmentation, tools
+    from .options import USAGE_ERROR, flag_spelling
 
 __all__ = ["USAGE_ERROR", "build_parser", "main"]
 
-INTERRUPTED = 130  # exit status after Ctrl-C, as shells report SIGINT
-
 # What a command raises for bad input or a run that cannot go on; anything else is a bug and keeps its traceback.
 USER_ERRORS = (OSError, ValueError, NonFiniteLossError, ExportMismatchError)
+# torch's notes on idioms of timm's position-table resampling (weights of another window size, a resized Swin):
+# they concern timm, and would come before a command's one line
+TIMM_RESAMPLING_WARNINGS = ("Using a non-tuple sequence for multidimensional indexing",
+                            "There were extra data copy when converting non-contiguous tensor")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -55,10 +61,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Bad input (missing or unreadable files, wrong values, a diverging run) ends with a one-line message and
     status 2.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = argparse.Namespace(prog=COMMAND)
     try:
-        return args.func(args) or 0
+        args = build_parser().parse_args(argv)
+        with warnings.catch_warnings():
+            for message in TIMM_RESAMPLING_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+            return args.func(args) or 0
     except BoatVitError as error:  # worded for Python: name the flags instead of the arguments
         print(f"{args.prog}: error: {_one_line(error.message(flag_spelling(args)))}", file=sys.stderr)
         return USAGE_ERROR

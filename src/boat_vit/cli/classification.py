@@ -1,5 +1,6 @@
 """``boat-vit train``, ``eval`` and ``predict``: shells over :mod:`boat_vit.classification`."""
 import argparse
+import math
 import sys
 
 from ..classification import (
@@ -116,6 +117,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         if world.is_main:
             print(f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
                   f"({metrics['count']} images, {metrics['skipped']} unreadable skipped)")
+            if not math.isfinite(metrics["loss"]):
+                print(f"{args.prog}: warning: the loss is {metrics['loss']}: the model gives non-finite outputs (NaN "
+                      f"or infinite weights in {args.checkpoint or args.pretrained_file}?); the accuracies above "
+                      "mean nothing", file=sys.stderr)
     finally:
         world.shutdown()
     return 0
@@ -139,6 +144,10 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(path)
         for name, probability in top:
             print(f"  {probability:7.2%}  {name}")
+        if not all(math.isfinite(probability) for _, probability in top):
+            print(f"{args.prog}: warning: non-finite probabilities for {path}: the model of "
+                  f"{args.checkpoint or args.pretrained_file} gives NaN or infinite outputs (NaN or infinite weights?)",
+                  file=sys.stderr)
     return USAGE_ERROR if unreadable else 0
 
 

@@ -1,7 +1,6 @@
 """``boat-vit seg-train``, ``seg-eval`` and ``seg-predict``: shells over :mod:`boat_vit.seg`."""
 import argparse
-import json
-from pathlib import Path
+import sys
 
 from ..engine import RunCheckpoint, amp_dtype_for, default_device, parse_device, set_threads, setup_distributed
 from ..seg import (
@@ -13,7 +12,8 @@ from ..seg import (
     resolve_seg_config,
     train_segmentation,
 )
-from ..seg.evaluate import InferenceOptions, eval_loader, format_scores
+from ..files import check_output, write_json
+from ..seg.evaluate import InferenceOptions, eval_loader, format_scores, output_paths
 from ..seg.inference import as_pair
 from .options import (
     add_amp_arguments,
@@ -134,6 +134,8 @@ def _inference_options(args: argparse.Namespace) -> InferenceOptions:
 def _run_eval(args: argparse.Namespace) -> int:
     world = setup_distributed(args.device or default_device())
     try:
+        if args.json and world.is_main:
+            check_output(args.json, args.overwrite, argument="json")  # before the work
         set_threads(args.threads, args.workers, world.local_world_size)
         segmenter = load_segmenter(args.checkpoint, world.device)
         loader = eval_loader(args.data, args.split, segmenter.spec, segmenter.transform, world, args.workers)
@@ -142,9 +144,11 @@ def _run_eval(args: argparse.Namespace) -> int:
                                        amp_dtype, progress=world.is_main)
         if world.is_main:
             print(format_scores(scores, segmenter.spec.class_names))
+            if scores.non_finite_pixels:
+                print(f"{args.prog}: warning: {scores.non_finite_pixels} pixels got non-finite class scores from "
+                      f"{args.checkpoint} (NaN or infinite weights?); the scores above mean nothing", file=sys.stderr)
             if args.json:
-                Path(args.json).write_text(json.dumps(dict(vars(scores), class_names=segmenter.spec.class_names),
-                                                      indent=2))
+                write_json(args.json, dict(vars(scores), class_names=segmenter.spec.class_names))
     finally:
         world.shutdown()
     return 0
@@ -153,10 +157,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _run_predict(args: argparse.Namespace) -> int:
     device = parse_device(args.device or default_device())
     set_threads(args.threads)
+    output_paths(args.images, args.output)  # two inputs given as one image fail before the model loads
     segmenter = load_segmenter(args.checkpoint, device)
     amp_dtype = amp_dtype_for(device, bool(args.amp), args.amp_dtype)
-    for label_path, overlay_path in predict_images(segmenter, args.images, Path(args.output), _inference_options(args),
-                                                   amp_dtype):
+    for label_path, overlay_path in predict_images(segmenter, args.images, args.output, _inference_options(args),
+                                                   amp_dtype, overwrite=args.overwrite):
         print(f"{label_path}  {overlay_path}")
     return 0
 
@@ -185,13 +190,17 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                                           "annotations/ with training/ and validation/)")
     evaluation.add_argument("--split", default="validation", help="split to evaluate (default validation)")
     evaluation.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (default 2)")
-    evaluation.add_argument("--json", help="also write the scores to this JSON file")
+    evaluation.add_argument("--json", help="also write the scores to this JSON file (checked before the evaluation; an "
+                                           "existing one is kept unless --overwrite)")
+    evaluation.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     evaluation.set_defaults(func=_run_eval, flags=INFERENCE_FLAGS)
 
     prediction = subparsers.add_parser(
         "seg-predict", help="label maps and overlays for images",
-        description="Writes NAME_labels.png (palette label map) and NAME_overlay.png for each image.")
+        description="Writes NAME_labels.png (palette label map) and NAME_overlay.png for each image; two images "
+                    "never share a NAME. Existing files are kept unless --overwrite.")
     prediction.add_argument("images", nargs="+", help="image files")
     _add_common(prediction)
     prediction.add_argument("--output", default="predictions", help="output folder (default predictions)")
+    prediction.add_argument("--overwrite", action="store_true", help="replace existing outputs in --output")
     prediction.set_defaults(func=_run_predict, flags=INFERENCE_FLAGS)

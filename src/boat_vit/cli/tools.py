@@ -3,6 +3,7 @@ export, measuring, picture and ablation functions."""
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,8 @@ from ..classification import load_classifier
 from ..classification.data import DigitsDataset
 from ..classification.evaluate import eval_transform_for
 from ..engine import default_device, set_threads
+from ..errors import Argument, ConfigError
+from ..files import check_output
 from ..models import create_model, weights_filter
 from ..weights import convert_checkpoint
 from .options import (
@@ -88,6 +91,11 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_bench(args: argparse.Namespace) -> int:
     import torch
 
+    reports = {argument: getattr(args, argument) for argument in ("csv", "json") if getattr(args, argument)}
+    if len(set(map(os.path.abspath, reports.values()))) < len(reports):
+        raise ConfigError(Argument("csv", args.csv), " and ", Argument("json", args.json), " are the same file")
+    for argument, path in reports.items():
+        check_output(path, args.overwrite, argument)  # before the work
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     bench_api.use_allocator(args.allocator)
@@ -115,6 +123,7 @@ def _run_show_clusters(args: argparse.Namespace) -> int:
         args.output, model_name=args.model, image=args.image, sample=args.sample, checkpoint=args.checkpoint,
         pretrained_file=args.pretrained_file, model_kwargs=args.model_kwargs, stage=args.stage, block=args.block,
         heads=args.head, patch=args.patch, img_size=args.img_size, panel_width=args.panel_width, seed=args.seed,
+        overwrite=args.overwrite,
     )
     height, width = summary["token_map"]
     print(f"{summary['layer']}: {height}x{width} tokens (input {summary['input_size'][0]}x{summary['input_size'][1]}),"
@@ -240,6 +249,8 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     add("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
     add("--csv", help="also write the rows to this CSV file")
     add("--json", help="also write environment, settings and rows to this JSON file")
+    add("--overwrite", action="store_true", help="replace existing --csv and --json files (checked before the "
+                                                 "measurements)")
     parser.set_defaults(func=_run_bench)
 
 
@@ -257,7 +268,8 @@ def _add_show_clusters(subparsers: argparse._SubParsersAction) -> None:
     add("--pretrained-file", help="weights for --model through its checkpoint filter (e.g. released BOAT weights); "
                                   "without weights the model is random and still groups by content")
     add("--model-kwargs", type=json_object, help='JSON keyword arguments for --model, e.g. \'{"embed_dim": 48}\'')
-    add("--output", required=True, help="PNG file to write")
+    add("--output", required=True, help="PNG file to write (an existing one is kept unless --overwrite)")
+    add("--overwrite", action="store_true", help="replace an existing --output")
     add("--stage", type=int, help="stage of the FSLA layer (default: the first stage with FSLA)")
     add("--block", type=int, help="block of the FSLA layer in the stage (default: the stage's first FSLA block)")
     add("--head", type=_heads, default=None, help="'all' (default) or comma-separated head indices")

@@ -22,11 +22,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..errors import Argument, ConfigError
-from ..weights import WeightsReport, load_state_dict_into
+from ..errors import Argument, ConfigError, first_line
+from ..weights import WeightsReport
 from .distributed import Distributed, setup_distributed
 from .options import merge_resumed
-from .run_checkpoint import RUN_CHECKPOINT_FORMAT, RunCheckpoint
+from .run_checkpoint import RUN_CHECKPOINT_FORMAT, RUNNING_ENTRIES, RunCheckpoint
 from .run_directory import RunDirectory
 from .sampling import GlobalBatchSampler, ResumedBatches, SeededSamples, derive_seed, seed_everything
 from .step import amp_dtype_for, optimizer_step, raise_if_non_finite, rng_state
@@ -102,6 +102,9 @@ def run_training(task: TrainingTask, resumed: Optional[RunCheckpoint] = None) ->
             if world.is_main else None
         checkpoint = _resume_point(task, resumed)
         data = task.build_data(world, checkpoint)
+        if checkpoint is not None and checkpoint.model_args != task.model_args():
+            raise checkpoint.damaged("model_args", f"{checkpoint.model_args!r} does not match the model of the run's "
+                                                   f"options {task.model_args()!r}")
         model = task.build_model()
         weights = task.load_initial_weights(model) if checkpoint is None else None
         if weights is not None and world.is_main:
@@ -138,15 +141,17 @@ def _train(task: TrainingTask, world: Distributed, run: Optional[RunDirectory], 
     step, rows, best, running = 0, [], None, _Running()
     if checkpoint is not None:
         state = checkpoint.state
-        load_state_dict_into(model, state["model"], checkpoint.path, entry="model")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
+        checkpoint.load_into(model)
+        if ema is not None:
+            checkpoint.load_into(ema.module, ema=True)
+        for name, restored in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+            try:
+                restored.load_state_dict(state[name])
+            except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as error:
+                raise checkpoint.damaged(name, f"does not fit this run ({first_line(error)})") from None
         step, rows, best = state["step"], state["metrics"], state["best"]
         if world.is_main:
-            running = _Running(**state["running"])
+            running = _Running(**{k: state["running"][k] for k in RUNNING_ENTRIES})
     ddp_model = DistributedDataParallel(model) if world.enabled else model
     loop = _Loop(task, world, run, model, ddp_model, ema, optimizer, scheduler, scaler, amp_dtype, schedule,
                  updates_per_epoch, rows, best, running)

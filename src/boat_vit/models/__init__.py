@@ -2,17 +2,22 @@
 conversion of weights files to a model's layout."""
 import difflib
 import importlib
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Mapping, Optional
 
 import timm
 import torch.nn as nn
+from timm.models import get_arch_pretrained_cfgs, split_model_name_tag
 
+from ..errors import ConfigError, first_line
 from ..weights import FilterFn
 from . import boat_cswin, boat_swin
 from .boat_cswin import BoatCSWin
 from .boat_swin import BoatSwinTransformer
 
-__all__ = ["ARCHITECTURE_ARGUMENTS", "check_architecture_arguments", "check_model_name", "create_model",
+__all__ = ["ARCHITECTURE_ARGUMENTS", "building", "check_architecture_arguments", "check_model_name", "create_model",
            "weights_filter"]
 
 # The one conversion of each family: its filter function (timm's convention).
@@ -31,6 +36,9 @@ ARCHITECTURE_ARGUMENTS = frozenset({
     "drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate", "fsla", "fsla_stages", "fsla_group_size",
     "fsla_overlap", "fsla_qk_scale", "fsla_grouping", "fsla_attention",
 })
+# What a model's constructor raises for arguments it cannot build (a size of 0, heads that do not divide the
+# width, lists of different lengths, ...): timm and torch use all of these.
+MODEL_ARGUMENT_ERRORS = (TypeError, ValueError, ArithmeticError, AssertionError, IndexError, KeyError, RuntimeError)
 
 
 def check_architecture_arguments(kwargs: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -49,12 +57,20 @@ def check_architecture_arguments(kwargs: Mapping[str, Any], source: str) -> dict
 
 
 def check_model_name(name: str) -> None:
-    """Raises a ValueError naming close registered models when timm does not know ``name``."""
-    if timm.is_model(name):
+    """Raises a :class:`~boat_vit.errors.ConfigError` for a name timm does not know (naming close registered
+    models), or a pretrained tag (``name.tag``) the architecture does not have."""
+    if not isinstance(name, str):
+        raise ConfigError(f"a model name must be a string, got {name!r}")
+    architecture, tag = split_model_name_tag(name)
+    if timm.is_model(architecture):
+        tags = sorted(get_arch_pretrained_cfgs(architecture))
+        if tag and name not in tags:
+            raise ConfigError(f"unknown pretrained tag {tag!r} in {name!r}; {architecture} has "
+                              f"{', '.join(tags) or 'none'}")
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=SUGGESTIONS, cutoff=CLOSE_ENOUGH)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `timm.list_models('boat*')` lists ours"
-    raise ValueError(f"unknown model {name!r}{hint}")
+    raise ConfigError(f"unknown model {name!r}{hint}")
 
 
 def create_model(name: str, img_size: Optional[int] = None, **kwargs: Any) -> nn.Module:
@@ -67,18 +83,33 @@ def create_model(name: str, img_size: Optional[int] = None, **kwargs: Any) -> nn
         **kwargs: Model keyword arguments.
 
     Raises:
-        ValueError: an unknown name (with suggestions) or keyword arguments the model does not take.
+        ConfigError: an unknown name (with suggestions), or keyword arguments the model does not take or
+            cannot be built with (a width of 0, ...).
     """
     check_model_name(name)
-    if img_size is not None:
-        try:
-            return timm.create_model(name, img_size=img_size, **kwargs)
-        except TypeError:  # a model of any input size
-            pass
-    try:
+    with building(name, kwargs if img_size is None else dict(kwargs, img_size=img_size)):
+        if img_size is not None:
+            try:
+                return timm.create_model(name, img_size=img_size, **kwargs)
+            except TypeError:  # a model of any input size
+                pass
         return timm.create_model(name, **kwargs)
-    except TypeError as error:  # an argument the model's constructor does not take
-        raise ValueError(f"cannot build {name} with {kwargs}: {error}") from None
+
+
+@contextmanager
+def building(name: str, kwargs: Mapping[str, Any]) -> Iterator[None]:
+    """Turns what building model ``name`` with ``kwargs`` raises for arguments it cannot take into a
+    :class:`~boat_vit.errors.ConfigError` naming them; the warnings of a failed build (a tensor of size 0,
+    ...) are dropped, those of a model that was built are passed on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except MODEL_ARGUMENT_ERRORS as error:
+            arguments = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
+            raise ConfigError(f"cannot build {name} with {arguments or 'its defaults'}: {first_line(error)}") from None
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def weights_filter(model: nn.Module) -> Optional[FilterFn]:

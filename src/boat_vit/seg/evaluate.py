@@ -2,8 +2,9 @@
 import dataclasses
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,17 +14,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..engine import Distributed, ShardSampler, autocast
-from ..errors import Argument, ConfigError
+from ..errors import Argument, ConfigError, OutputError
+from ..files import PathLike, atomic_write, check_output
 from ..images import load_image, palette
 from .data import DatasetSpec, EvalTransform, SegmentationFolder, checked_batches, collate_segmentation
 from .inference import segment
 from .metrics import ConfusionMatrix, SegmentationScores
 from .model import PALETTE_SIZE, Segmenter
 
-__all__ = ["InferenceOptions", "eval_loader", "evaluate_segmentation", "format_scores", "output_stems",
-           "predict_images"]
+__all__ = ["InferenceOptions", "eval_loader", "evaluate_segmentation", "format_scores", "output_paths",
+           "output_stems", "predict_images"]
 
 OVERLAY_ALPHA = 0.5
+LABELS_SUFFIX, OVERLAY_SUFFIX = "_labels.png", "_overlay.png"  # of the files seg-predict writes per image
 INFERENCE_MODES = ("whole", "slide")
 
 
@@ -97,48 +100,90 @@ def format_scores(scores: SegmentationScores, class_names: Sequence[str], per_cl
     return "\n".join(lines)
 
 
-def output_stems(images: Sequence[str]) -> list[str]:
-    """A distinct output name for each image path (see :func:`predict_images`)."""
+def output_stems(images: Sequence[PathLike]) -> list[str]:
+    """A distinct output name for each image path (see :func:`predict_images`).
+
+    The file name without its suffix; where two images share one, their paths from the folder that holds
+    them all (``training/s0.jpg`` -> ``training_s0``); where that is still shared, with the suffix
+    (``d/s1.jpg``, ``d/s1.png`` -> ``s1_jpg``, ``s1_png``); a name still taken gets a number (``a_b_c-2``).
+
+    Raises:
+        ConfigError: the same image is given twice.
+    """
     paths = [Path(image).resolve() for image in images]
-    stems = [path.stem for path in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    if len(set(paths)) < len(paths):
-        raise ValueError("the same image is given twice: " + ", ".join(sorted({str(p) for p in paths
-                                                                                if paths.count(p) > 1})))
+    repeated = sorted({str(path) for path in paths if paths.count(path) > 1})
+    if repeated:
+        raise ConfigError("the same image is given twice: " + ", ".join(repeated))
+    if not paths:
+        return []
     common = Path(os.path.commonpath([path.parent for path in paths]))
-    return ["_".join(path.relative_to(common).with_suffix("").parts) for path in paths]
+    renames: tuple[Callable[[Path], str], ...] = (
+        lambda path: "_".join(path.relative_to(common).with_suffix("").parts),
+        lambda path: "_".join(path.relative_to(common).parts).replace(".", "_"),
+    )
+    names = [path.stem for path in paths]
+    for rename in renames:
+        shared = {name for name in names if names.count(name) > 1}
+        names = [rename(path) if name in shared else name for path, name in zip(paths, names)]
+    unique: list[str] = []
+    for name in names:
+        candidate, number = name, 1
+        while candidate in unique or (candidate != name and candidate in names):
+            number += 1
+            candidate = f"{name}-{number}"
+        unique.append(candidate)
+    return unique
+
+
+def output_paths(images: Sequence[PathLike], output: PathLike) -> list[tuple[Path, Path]]:
+    """The label map and overlay file of each image in the folder ``output`` (see :func:`output_stems`)."""
+    return [(Path(output) / f"{stem}{LABELS_SUFFIX}", Path(output) / f"{stem}{OVERLAY_SUFFIX}")
+            for stem in output_stems(images)]
 
 
 @torch.no_grad()
-def predict_images(segmenter: Segmenter, images: Sequence[str], output: Path,
+def predict_images(segmenter: Segmenter, images: Sequence[PathLike], output: PathLike,
                    inference: InferenceOptions = InferenceOptions(),
-                   amp_dtype: Optional[torch.dtype] = None) -> list[tuple[Path, Path]]:
+                   amp_dtype: Optional[torch.dtype] = None, overwrite: bool = False) -> list[tuple[Path, Path]]:
     """Writes ``NAME_labels.png`` (label map with a colour palette, in the data set's label convention) and
-    ``NAME_overlay.png`` (image blended with the colours) for each image; returns their paths.
+    ``NAME_overlay.png`` (image blended with the colours) for each image into the folder ``output`` (created
+    if missing); returns their paths.
 
-    ``NAME`` is the image's file name without suffix, or where two images share one, their paths from the
-    folder that holds them all (``training/s0.jpg`` -> ``training_s0``), so no output replaces another.
+    ``NAME`` is the image's file name without suffix, made distinct where two images share it
+    (:func:`output_stems`), so no output replaces another. Before any prediction every image must exist and
+    every output may be written: an existing one is kept unless ``overwrite``. Each file is written
+    atomically (a planted link is replaced, never followed).
+
+    Raises:
+        FileNotFoundError: an image does not exist.
+        ConfigError: the same image is given twice.
+        OutputError, OutputExistsError: ``output`` is a file, or an output cannot be written or exists.
     """
+    missing = [str(image) for image in images if not Path(image).is_file()]
+    if missing:
+        raise FileNotFoundError(f"image not found: {', '.join(missing)}")
+    targets = output_paths(images, output)
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise OutputError(Argument("output", str(output)), " is a file, not a folder")
     output.mkdir(parents=True, exist_ok=True)
+    for target in (path for pair in targets for path in pair):
+        check_output(target, overwrite)
     colours = segmenter.colour_table()
     shift = int(segmenter.spec.reduce_zero_label)
     device = next(segmenter.model.parameters()).device
-    written = []
-    for path, stem in zip(map(Path, images), output_stems(images)):
+    for path, (label_path, overlay_path) in zip(map(Path, images), targets):
         image = load_image(path)
         pixels = segmenter.transform.image(image)[None].to(device)
         with autocast(device, amp_dtype):
             probabilities = inference(segmenter.model, pixels, segmenter.spec.num_classes, (image.height, image.width))
         labels = probabilities.argmax(1)[0].cpu().numpy().astype(np.int64) + shift
-        label_path, overlay_path = output / f"{stem}_labels.png", output / f"{stem}_overlay.png"
         if segmenter.spec.num_classes + shift <= PALETTE_SIZE:
             label_image = Image.fromarray(labels.astype(np.uint8), mode="P")
             label_image.putpalette(colours.flatten().tolist())
         else:  # more classes than a palette holds: colours only
             label_image = Image.fromarray(palette(segmenter.spec.num_classes)[labels - shift])
-        label_image.save(label_path)
-        Image.blend(image, label_image.convert("RGB"), OVERLAY_ALPHA).save(overlay_path)
-        written.append((label_path, overlay_path))
-    return written
+        overlay = Image.blend(image, label_image.convert("RGB"), OVERLAY_ALPHA)
+        for picture, target in ((label_image, label_path), (overlay, overlay_path)):
+            atomic_write(target, partial(picture.save, format="PNG"))
+    return targets

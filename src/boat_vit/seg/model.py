@@ -18,13 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..engine import RunCheckpoint
-from ..errors import CheckpointError
+from ..errors import ConfigError, first_line
 from ..images import palette
-from ..models import check_architecture_arguments, check_model_name, weights_filter
-from ..weights import StateDict, WeightsReport, load_state_dict_into, load_weights
+from ..models import building, check_architecture_arguments, check_model_name, weights_filter
+from ..weights import BACKBONE_PART, StateDict, WeightsReport, load_weights
 from .data import DatasetSpec, EvalTransform
 
-__all__ = ["AuxiliaryHead", "BoatUPerNet", "Segmenter", "load_backbone_weights",
+__all__ = ["AuxiliaryHead", "BoatUPerNet", "Segmenter", "load_backbone_weights", "run_entries",
            "load_segmenter"]
 
 PALETTE_SIZE = 256  # entries of a PNG palette
@@ -91,13 +91,11 @@ class BoatUPerNet(nn.Module):
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.num_classes = num_classes
         timm_kwargs = dict(self.backbone_kwargs, strict_img_size=False, drop_path_rate=drop_path_rate)
-        try:
+        with building(f"backbone {backbone}", timm_kwargs):
             self.upernet = smp.UPerNet(
                 encoder_name=f"tu-{backbone}", encoder_weights=None, classes=num_classes,
                 decoder_channels=decoder_channels, **timm_kwargs,
             )
-        except TypeError as error:  # a keyword argument the backbone's constructor does not take
-            raise ValueError(f"cannot build backbone {backbone} with {timm_kwargs}: {error}") from None
         self.size_divisor = self.upernet.encoder.output_stride
         channels = self.upernet.encoder.out_channels
         self.aux_head = AuxiliaryHead(channels[AUX_FEATURE], aux_channels, num_classes) if aux_channels else None
@@ -202,11 +200,48 @@ SEGMENTER_ARGUMENTS = ("backbone", "num_classes", "backbone_kwargs", "decoder_ch
                        "drop_path_rate")
 
 
-def _segmenter_arguments(stored: Any, source: str) -> dict[str, Any]:
+def _segmenter_arguments(run: RunCheckpoint) -> dict[str, Any]:
     """The :class:`BoatUPerNet` arguments a checkpoint stored, checked (backbone keywords: architecture only)."""
-    if not isinstance(stored, dict) or set(stored) - set(SEGMENTER_ARGUMENTS):
-        raise CheckpointError(f"{source} holds segmenter arguments other than {list(SEGMENTER_ARGUMENTS)}")
-    return dict(stored, backbone_kwargs=check_architecture_arguments(stored.get("backbone_kwargs", {}), source))
+    stored = run.model_args
+    if set(stored) - set(SEGMENTER_ARGUMENTS) or "backbone" not in stored or "num_classes" not in stored:
+        raise run.damaged("model_args", f"does not hold the segmenter arguments {list(SEGMENTER_ARGUMENTS)}: "
+                                        f"{stored!r}")
+    return dict(stored, backbone_kwargs=check_architecture_arguments(stored.get("backbone_kwargs", {}),
+                                                                     str(run.path)))
+
+
+def _numbers(value: Any, count: int, positive: bool = False) -> bool:
+    """Whether ``value`` is ``count`` numbers (above 0 where ``positive``)."""
+    return isinstance(value, (tuple, list)) and len(value) == count and all(
+        isinstance(v, (int, float)) and (v > 0 or not positive) for v in value)
+
+
+def run_entries(run: RunCheckpoint) -> tuple[DatasetSpec, EvalTransform]:
+    """The data set spec and test transform of a segmentation run checkpoint, checked (and the backbone part
+    that checkpoints of this release declare).
+
+    Raises:
+        CheckpointError: an entry is missing or holds what a segmenter cannot use (naming the entry).
+    """
+    stored, data = run.entry("spec"), run.entry("data")
+    if not isinstance(stored, dict):
+        raise run.damaged("spec", f"is a {type(stored).__name__}, not a data set spec")
+    try:
+        spec = DatasetSpec(**stored)
+    except (TypeError, ValueError) as error:
+        raise run.damaged("spec", f"is not a data set spec ({first_line(error)}): {stored!r}") from None
+    if (not isinstance(spec.class_names, (tuple, list)) or len(spec.class_names) != spec.num_classes
+            or not all(isinstance(name, str) for name in spec.class_names)
+            or spec.num_classes != run.model_args.get("num_classes")):
+        raise run.damaged("spec", f"does not name the {run.model_args.get('num_classes')} classes of the model: "
+                                  f"{stored!r}")
+    if not isinstance(data, dict) or not (_numbers(data.get("mean"), 3) and _numbers(data.get("std"), 3)) or not (
+            data.get("test_scale") is None or _numbers(data["test_scale"], 2, positive=True)):
+        raise run.damaged("data", f"does not hold mean, std (3 numbers each) and test_scale: {data!r}")
+    part = run.entry(BACKBONE_PART) if "format" in run.state else {"prefix": "", "renames": {}}
+    if not (isinstance(part, dict) and isinstance(part.get("prefix"), str) and isinstance(part.get("renames"), dict)):
+        raise run.damaged(BACKBONE_PART, f"does not say where the backbone is: {part!r}")
+    return spec, EvalTransform(data["mean"], data["std"], data["test_scale"])
 
 
 class Segmenter:
@@ -232,7 +267,10 @@ def load_segmenter(checkpoint: str, device: torch.device = torch.device("cpu")) 
         WeightsMismatchError: weights that do not fit the stored arguments.
     """
     run = RunCheckpoint.read(checkpoint, task="segmentation")
-    model = BoatUPerNet(**_segmenter_arguments(run.model_args, checkpoint))
-    load_state_dict_into(model, run.weights(), checkpoint, entry="model")
-    spec, data = DatasetSpec(**run.entry("spec")), run.entry("data")
-    return Segmenter(model.to(device).eval(), spec, EvalTransform(data["mean"], data["std"], data["test_scale"]))
+    spec, transform = run_entries(run)
+    try:
+        model = BoatUPerNet(**_segmenter_arguments(run))
+    except ConfigError as error:
+        raise run.damaged("model_args", f"cannot make a model: {error}") from None
+    run.load_into(model)
+    return Segmenter(model.to(device).eval(), spec, transform)

@@ -32,7 +32,7 @@ from ..models import check_model_name
 from ..weights import WeightsReport
 from .data import EvalTransform, SegmentationFolder, TrainAugmentation, check_samples, collate_segmentation, dataset_spec
 from .evaluate import InferenceOptions, eval_loader, evaluate_segmentation, format_scores
-from .model import DEFAULT_AUX_CHANNELS, BoatUPerNet, load_backbone_weights
+from .model import DEFAULT_AUX_CHANNELS, BoatUPerNet, load_backbone_weights, run_entries
 from .recipes import SegTrainConfig
 
 __all__ = ["SegmentationTask", "segmentation_loss", "train_segmentation"]
@@ -85,6 +85,8 @@ class SegmentationTask(TrainingTask):
         from timm.models import get_pretrained_cfg
 
         config = self.config
+        if resumed is not None:
+            run_entries(resumed)  # a damaged checkpoint stops the run before the data is read
         check_model_name(config.backbone)
         spec = self.spec = dataset_spec(config.dataset, config.num_classes, config.ignore_index,
                                         config.reduce_zero_label)
