@@ -28,7 +28,10 @@ from .options import (
 __all__ = ["add_parsers"]
 
 # Python arguments of the library whose flag has another name (see options.flag_spelling)
-MODEL_SOURCE_FLAGS = dict(model_name="--model", weights="--pretrained-file", use_ema="--ema")
+MODEL_SOURCE_FLAGS = dict(model_name="--model", weights="--pretrained-file", use_ema="--ema",
+                          pretrained_cfg_overlay="--pretrained-file")
+PRETRAINED_HELP = ("the model's pretrained weights (the released ones for BOAT models), downloaded once into timm's "
+                   "cache ($TORCH_HOME/hub/checkpoints) as timm.create_model(MODEL, pretrained=True) downloads them")
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -53,11 +56,13 @@ def _run_export(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     export_api.check_output(args.output, args.overwrite)  # before the model is loaded and exported
     if args.checkpoint:
-        model, _, data_config = load_classifier(args.checkpoint, weights=args.pretrained_file, use_ema=args.ema)
+        model, _, data_config = load_classifier(args.checkpoint, weights=args.pretrained_file, use_ema=args.ema,
+                                                pretrained=args.pretrained)
         if args.model != model.pretrained_cfg.get("architecture", args.model):
             raise ValueError(f"{args.checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {args.model}")
     else:
-        model, _, data_config = load_classifier(model_name=args.model, weights=args.pretrained_file)
+        model, _, data_config = load_classifier(model_name=args.model, weights=args.pretrained_file,
+                                                pretrained=args.pretrained)
     size = tuple(args.img_size) if args.img_size else tuple(data_config["input_size"][1:])
     size = (size[0], size[-1])
     if size != tuple(data_config["input_size"][1:]) and hasattr(model, "set_input_size"):
@@ -116,7 +121,7 @@ def _plural(count: int, noun: str) -> str:
 def _run_show_clusters(args: argparse.Namespace) -> int:
     summary = visualize.show_clusters(
         args.output, model_name=args.model, image=args.image, sample=args.sample, checkpoint=args.checkpoint,
-        pretrained_file=args.pretrained_file, model_kwargs=args.model_kwargs, stage=args.stage, block=args.block,
+        pretrained_file=args.pretrained_file, pretrained=args.pretrained, model_kwargs=args.model_kwargs, stage=args.stage, block=args.block,
         heads=args.head, patch=args.patch, img_size=args.img_size, panel_width=args.panel_width, seed=args.seed,
     )
     height, width = summary["token_map"]
@@ -171,6 +176,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     add("--overwrite", action="store_true", help="replace an existing --output")
     add("--checkpoint", help="a boat-vit training checkpoint (best.pth / last.pth)")
     add("--pretrained-file", help="instead of --checkpoint: weights for MODEL (e.g. released BOAT weights)")
+    add("--pretrained", action="store_true", help=f"instead of --checkpoint: {PRETRAINED_HELP}")
     add("--ema", action="store_true", help="the checkpoint's EMA weights")
     add("--img-size", type=positive_int, nargs="+", help="export size, one or two (H W) ints (default: the "
                                                           "model's input size)")
@@ -230,6 +236,7 @@ def _add_show_clusters(subparsers: argparse._SubParsersAction) -> None:
     add("--checkpoint", help="a boat-vit training checkpoint, e.g. the digits demo's best.pth")
     add("--pretrained-file", help="weights for --model through its checkpoint filter (e.g. released BOAT weights); "
                                   "without weights the model is random and still groups by content")
+    add("--pretrained", action="store_true", help=f"instead of --pretrained-file: {PRETRAINED_HELP}")
     add("--model-kwargs", type=json_object, help='JSON keyword arguments for --model, e.g. \'{"embed_dim": 48}\'')
     add("--output", required=True, help="PNG file to write")
     add("--stage", type=int, help="stage of the FSLA layer (default: the first stage with FSLA)")
