@@ -8,7 +8,7 @@ from ..errors import Argument, CheckpointError, ConfigError
 from ..models import check_architecture_arguments, check_model_name, create_model, download_pretrained, weights_filter
 from ..weights import WeightsReport, classifier_keys, load_state_dict_into, load_weights
 
-__all__ = ["create_classifier", "load_classifier"]
+__all__ = ["classifier_from_run", "create_classifier", "load_classifier"]
 
 IMAGENET_CLASSES = 1000  # the class count of models created without a run checkpoint
 
@@ -68,6 +68,23 @@ def _rebuilt(checkpoint: RunCheckpoint) -> nn.Module:
     return create_model(args["name"], num_classes=args["num_classes"], **kwargs)
 
 
+def classifier_from_run(run: RunCheckpoint, use_ema: bool = False) -> tuple[nn.Module, list[str], dict]:
+    """The classifier of a classification run checkpoint already read, rebuilt with every argument it was
+    trained with (its weights, or its EMA weights with ``use_ema``), with its class names and data config.
+
+    Raises:
+        CheckpointError: the checkpoint does not say which model, classes or data configuration it holds.
+        WeightsMismatchError: weights that do not fit the stored arguments.
+    """
+    model = _rebuilt(run)
+    load_state_dict_into(model, run.weights(ema=use_ema), run.path, entry="ema" if use_ema else "model")
+    class_names, data_config = run.entry("class_names"), run.entry("data_config")
+    if not isinstance(data_config, dict) or not {"input_size", "interpolation", "mean", "std", "crop_pct"} \
+            <= set(data_config):
+        raise CheckpointError(f"{run.path} holds an incomplete data configuration: {data_config!r}")
+    return model, class_names, data_config
+
+
 def load_classifier(
     checkpoint: Optional[str] = None,
     model_name: Optional[str] = None,
@@ -93,14 +110,8 @@ def load_classifier(
         if model_name is not None or weights is not None or pretrained:
             raise ConfigError(Argument("checkpoint"), " brings its own model and weights; drop ",
                               Argument("model_name"), ", ", Argument("weights"), " and ", Argument("pretrained", True))
-        run = RunCheckpoint.read(checkpoint, task="classification")
-        model = _rebuilt(run)
-        entry = "ema" if use_ema else "model"
-        load_state_dict_into(model, run.weights(ema=use_ema), checkpoint, entry=entry)
-        class_names, data_config = run.entry("class_names"), run.entry("data_config")
-        if not isinstance(data_config, dict) or not {"input_size", "interpolation", "mean", "std", "crop_pct"} \
-                <= set(data_config):
-            raise CheckpointError(f"{checkpoint} holds an incomplete data configuration: {data_config!r}")
+        model, class_names, data_config = classifier_from_run(RunCheckpoint.read(checkpoint, task="classification"),
+                                                              use_ema)
     elif model_name is not None:
         check_model_name(model_name)
         if weights is None and not pretrained:

@@ -1,5 +1,5 @@
 """``boat-vit convert``, ``export``, ``bench``, ``show-clusters`` and ``ablate``: shells over the checkpoint,
-export, measuring, picture and ablation functions."""
+hub-folder, export, measuring, picture and ablation functions."""
 import argparse
 import json
 import logging
@@ -9,7 +9,7 @@ from typing import Optional
 from .. import ablation
 from .. import bench as bench_api
 from .. import export as export_api
-from .. import visualize
+from .. import hub, visualize
 from ..classification import load_classifier
 from ..classification.data import DigitsDataset
 from ..classification.evaluate import eval_transform_for
@@ -36,6 +36,22 @@ PRETRAINED_HELP = ("the model's pretrained weights (the released ones for BOAT m
 
 def _run_convert(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if (args.output is None) == (args.hub_dir is None):
+        raise ValueError("give OUT (a safetensors file) or --hub-dir FOLDER, one of them")
+    if args.hub_dir is not None:
+        if args.model is None:  # a training run's checkpoint: the model as trained, its classes and accuracy
+            if args.model_args or args.key is not None:
+                raise ValueError("a training run checkpoint brings its own model and weights; drop --model-args and "
+                                 "--key (or name the model with --model)")
+            folder = hub.hub_folder_from_run(args.input, args.hub_dir, use_ema=args.ema, overwrite=args.overwrite)
+        else:
+            folder = hub.hub_folder_from_weights(args.input, args.hub_dir, args.model, args.model_args, key=args.key,
+                                                 overwrite=args.overwrite)
+        print(f"wrote {folder}/ (model.safetensors, config.json, README.md); after `import boat_vit`, "
+              f"timm.create_model(\"local-dir:{folder}\", pretrained=True) loads it")
+        return 0
+    if args.model is None:
+        raise ValueError("--model names the model the weights are for (needed to write OUT)")
     model = create_model(args.model, **args.model_args)
     written = convert_checkpoint(args.input, args.output, model, weights_filter(model), key=args.key,
                                  overwrite=args.overwrite,
@@ -142,25 +158,39 @@ def _heads(value: str) -> Optional[list[int]]:
         raise argparse.ArgumentTypeError(f"expected 'all' or comma-separated head indices, got {value!r}") from None
 
 
+CONVERT_DESCRIPTION = """\
+Reads a weights file without running code from it and writes it in the layout of a timm model:
+
+  boat-vit convert IN OUT.safetensors --model MODEL   a safetensors file in MODEL's layout, for
+                                                     timm.create_model(MODEL, checkpoint_path=OUT)
+  boat-vit convert IN --hub-dir FOLDER --model MODEL  a Hugging Face Hub folder (model.safetensors, config.json,
+                                                     README.md model card) for timm.create_model("local-dir:FOLDER",
+                                                     pretrained=True), or "hf-hub:ORG/NAME" once uploaded
+  boat-vit convert RUN/best.pth --hub-dir FOLDER      the same for a training run's checkpoint: the model as
+                                                     trained, with its class names, data settings and accuracy
+
+IN: released BOAT weights as downloaded, a Swin/CSWin/timm checkpoint, a safetensors file, a state dict or (with
+--model) a boat-vit run checkpoint. Loading a hub folder needs `import boat_vit` first (it registers the models).
+"""
+
+
 def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "convert",
-        help="convert a released checkpoint to a safetensors file in boat-vit's layout",
-        description=(
-            "Reads a released BOAT checkpoint (or a Swin/CSWin/timm one) without running code from it, "
-            "converts it to the layout of --model and writes a safetensors file that "
-            "timm.create_model(MODEL, checkpoint_path=OUT) loads."
-        ),
+        "convert", help="convert weights to a safetensors file or a Hugging Face Hub folder in timm's layout",
+        description=CONVERT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", metavar="IN", type=Path, help="checkpoint file to convert")
-    parser.add_argument("output", metavar="OUT", type=Path, help="safetensors file to write")
-    parser.add_argument("--model", required=True, help="timm model name, e.g. boat_swin_tiny_patch4_window7_224")
+    parser.add_argument("input", metavar="IN", type=Path, help="weights file or training run checkpoint to convert")
+    parser.add_argument("output", metavar="OUT", type=Path, nargs="?", help="safetensors file to write")
+    parser.add_argument("--hub-dir", type=Path, help="instead of OUT: the Hugging Face Hub folder to write")
+    parser.add_argument("--model", help="timm model name, e.g. boat_swin_tiny_patch4_window7_224 (not needed for a "
+                                        "training run checkpoint with --hub-dir)")
     parser.add_argument("--key", default=None, help="checkpoint entry holding the weights ('model', 'state_dict', "
                                                     "'state_dict_ema', ...; '' for a plain state dict); default: EMA "
                                                     "weights if present")
     parser.add_argument("--model-args", type=json_object, default={},
                         help='JSON object of extra model arguments, e.g. \'{"num_classes": 10}\'')
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--ema", action="store_true", help="with a training run checkpoint: its EMA weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT or the --hub-dir folder if it exists")
     parser.set_defaults(func=_run_convert)
 
 

@@ -11,6 +11,14 @@ BOAT_PAPER_CFG = dict(
         "pretrained=True; a local copy loads with pretrained=True, pretrained_cfg_overlay=dict(file=PATH).",
     ),
 )
+BOAT_CITATION = """@article{yu2022boat,
+  author  = {Tan Yu and Gangming Zhao and Ping Li and Yizhou Yu},
+  title   = {{BOAT}: Bilateral Local Attention Vision Transformer},
+  journal = {CoRR},
+  volume  = {abs/2201.13027},
+  year    = {2022},
+  url     = {https://arxiv.org/abs/2201.13027},
+}"""
 
 # The links of the released code's README (github.com/mahaoyuHKU/pytorch-boat, commit b94a66c) are Dropbox
 # share pages (``https://www.dropbox.com/s/<id>/<file>?dl=0``); ``dl=1`` asks Dropbox for the file itself.
