@@ -190,6 +190,24 @@ def test_num_classes_10_starts_the_classifier_afresh_the_timm_way(name, released
     _assert_same(_hand_loaded(name, released_files[name], num_classes=10), built["download"], skip=["head.fc."])
 
 
+@pytest.mark.parametrize("name", [SWIN, CSWIN])
+def test_timm_adaptations_apply_to_the_download(name, released_files, server, cache, monkeypatch):
+    """What timm's own pretrained test asks of every model: one input channel, 5 or no classes, features only."""
+    server.files["/weights"] = released_files[name].read_bytes()
+    _serve_as_default(monkeypatch, name, server.url + "/weights")
+    hand = _hand_loaded(name, released_files[name])
+    for num_classes in (5, 0):
+        model = timm.create_model(name, pretrained=True, in_chans=1, num_classes=num_classes, **ARGS[name])
+        stem = model.state_dict()["patch_embed.proj.weight"]  # timm sums the RGB filters of a 1-channel stem
+        assert torch.allclose(stem, hand["patch_embed.proj.weight"].sum(dim=1, keepdim=True))
+        _assert_same({k: v for k, v in hand.items() if not k.startswith(("head.fc.", "patch_embed.proj.weight"))},
+                     {k: v for k, v in model.state_dict().items() if not k.startswith(("head.fc.",
+                                                                                        "patch_embed.proj.weight"))})
+    features = timm.create_model(name, pretrained=True, features_only=True, **ARGS[name])
+    assert torch.equal(features.state_dict()["patch_embed.proj.weight"], hand["patch_embed.proj.weight"])
+    assert server.requests == ["/weights"]
+
+
 def test_a_mirror_url_in_the_overlay_is_read_the_same_way(released_files, server, cache):
     server.files["/mirror/cswin_tiny.pth.tar"] = released_files[CSWIN].read_bytes()
     model = timm.create_model(CSWIN, pretrained=True, **ARGS[CSWIN],

@@ -8,7 +8,7 @@ file, and the accuracy where a training run measured one). timm's own helpers wr
 temporary name and renamed into place when complete (:func:`~boat_vit.files.atomic_folder`).
 
 After ``import boat_vit`` (which registers the architectures), ``timm.create_model("local-dir:FOLDER",
-pretrained=True)`` loads the model; uploaded (``huggingface-cli upload ORG/NAME FOLDER``),
+pretrained=True)`` loads the model; uploaded (``hf upload ORG/NAME FOLDER``),
 ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` does.
 """
 from pathlib import Path
