@@ -120,6 +120,7 @@ def test_an_existing_folder_is_kept_unless_overwrite(run, tmp_path, capsys):
     (["--hub-dir", "{out}", "--key", "model"], "a training run checkpoint brings its own model and weights; drop "
                                                 "--model-args and --key (or name the model with --model)"),
     (["--hub-dir", "{out}", "--model", CSWIN], f"does not fit {CSWIN}"),
+    (["{run}/x.safetensors", "--model", SWIN, "--ema"], "--ema picks the EMA weights of a training run checkpoint"),
     (["--hub-dir", "{out}", "--model", SWIN, "--model-args", TINY_MODEL[3]], "2 shape mismatches ['head.fc.weight: "
                                                                             "(2, 32) in the file, (1000, 32)"),
 ])

@@ -38,6 +38,9 @@ def _run_convert(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if (args.output is None) == (args.hub_dir is None):
         raise ValueError("give OUT (a safetensors file) or --hub-dir FOLDER, one of them")
+    if args.ema and (args.hub_dir is None or args.model is not None):
+        raise ValueError("--ema picks the EMA weights of a training run checkpoint for --hub-dir (without --model); "
+                         "for another file, --key names the entry")
     if args.hub_dir is not None:
         if args.model is None:  # a training run's checkpoint: the model as trained, its classes and accuracy
             if args.model_args or args.key is not None:
@@ -137,8 +140,8 @@ def _plural(count: int, noun: str) -> str:
 def _run_show_clusters(args: argparse.Namespace) -> int:
     summary = visualize.show_clusters(
         args.output, model_name=args.model, image=args.image, sample=args.sample, checkpoint=args.checkpoint,
-        pretrained_file=args.pretrained_file, pretrained=args.pretrained, model_kwargs=args.model_kwargs, stage=args.stage, block=args.block,
-        heads=args.head, patch=args.patch, img_size=args.img_size, panel_width=args.panel_width, seed=args.seed,
+        pretrained_file=args.pretrained_file, pretrained=args.pretrained, model_kwargs=args.model_kwargs,
+        stage=args.stage, block=args.block, heads=args.head, patch=args.patch, img_size=args.img_size, panel_width=args.panel_width, seed=args.seed,
     )
     height, width = summary["token_map"]
     print(f"{summary['layer']}: {height}x{width} tokens (input {summary['input_size'][0]}x{summary['input_size'][1]}),"

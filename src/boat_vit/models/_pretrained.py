@@ -103,7 +103,8 @@ def download_pretrained(name: str, cache_dir: Optional[PathLike] = None) -> Path
     except RuntimeError as error:  # a tag the model does not have
         raise ConfigError(f"{name}: {_one_line(error)}") from None
     if cfg is None or not cfg.url:
-        hub = f" (its weights are on the Hugging Face Hub, {cfg.hf_hub_id})" if cfg is not None and cfg.hf_hub_id else ""
+        on_hub = cfg is not None and cfg.hf_hub_id
+        hub = f" (its weights are on the Hugging Face Hub, {cfg.hf_hub_id})" if on_hub else ""
         raise ConfigError(f"{name} has no weights to download: its pretrained config names no URL{hub}; pass ",
                           LOCAL_COPY)
     return _fetch(cfg.url, cfg.architecture or name, cache_dir)
