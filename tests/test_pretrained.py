@@ -208,12 +208,16 @@ def test_timm_adaptations_apply_to_the_download(name, released_files, server, ca
     assert server.requests == ["/weights"]
 
 
-def test_a_mirror_url_in_the_overlay_is_read_the_same_way(released_files, server, cache):
+def test_a_mirror_url_in_the_overlay_is_read_the_same_way(released_files, server, cache, tmp_path):
     server.files["/mirror/cswin_tiny.pth.tar"] = released_files[CSWIN].read_bytes()
     model = timm.create_model(CSWIN, pretrained=True, **ARGS[CSWIN],
                               pretrained_cfg_overlay=dict(url=server.url + "/mirror/cswin_tiny.pth.tar"))
     _assert_same(_hand_loaded(CSWIN, released_files[CSWIN]), model.state_dict())
     assert os.listdir(cache) == ["cswin_tiny.pth.tar"]
+    elsewhere = tmp_path / "elsewhere"  # timm's cache_dir= takes the download elsewhere
+    timm.create_model(CSWIN, pretrained=True, cache_dir=elsewhere, **ARGS[CSWIN],
+                      pretrained_cfg_overlay=dict(url=server.url + "/mirror/cswin_tiny.pth.tar"))
+    assert os.listdir(elsewhere) == ["cswin_tiny.pth.tar"] and len(server.requests) == 2
 
 
 def test_pretrained_strict_false_reaches_the_download_path(released_files, server, cache, monkeypatch):

@@ -119,7 +119,7 @@ def load_classifier(
                               " or ", Argument("pretrained", True), "): a model with random weights predicts nothing")
         model, report = create_classifier(model_name, IMAGENET_CLASSES, weights, pretrained=pretrained)
         if classifier_keys(model) & set(report.initial):
-            raise CheckpointError(f"{weights} holds no classifier for {model_name} (a backbone only?): a model "
+            raise CheckpointError(f"{report.path} holds no classifier for {model_name} (a backbone only?): a model "
                                   "with a random classifier predicts nothing")
         class_names = [str(i) for i in range(model.num_classes)]
         data_config = resolve_data_config(model=model)

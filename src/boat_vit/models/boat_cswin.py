@@ -68,7 +68,7 @@ from timm.layers import (
     to_2tuple,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from ..clustering import _format_shape
 from ..layers import FeatureSpaceLocalAttention
