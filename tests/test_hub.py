@@ -50,7 +50,7 @@ def _card(folder: Path) -> str:
 def test_a_released_file_becomes_a_folder_timm_loads(name, released_files, tmp_path, capsys):
     out = tmp_path / "hub"
     args = ["convert", str(released_files[name]), "--hub-dir", str(out), "--model", name,
-            "--model-args", json.dumps(ARGS[name])]
+            "--model-kwargs", json.dumps(ARGS[name])]
     assert cli_main(args) == 0
     assert f'timm.create_model("local-dir:{out}", pretrained=True) loads it' in capsys.readouterr().out
     assert sorted(os.listdir(out)) == HUB_FILES and sorted(os.listdir(tmp_path)) == ["hub"]
@@ -118,10 +118,10 @@ def test_an_existing_folder_is_kept_unless_overwrite(run, tmp_path, capsys):
     ([], "give OUT (a safetensors file) or --hub-dir FOLDER, one of them"),
     (["{run}/x.safetensors", "--hub-dir", "{out}"], "give OUT (a safetensors file) or --hub-dir FOLDER, one of them"),
     (["--hub-dir", "{out}", "--key", "model"], "a training run checkpoint brings its own model and weights; drop "
-                                                "--model-args and --key (or name the model with --model)"),
+                                                "--model-kwargs and --key (or name the model with --model)"),
     (["--hub-dir", "{out}", "--model", CSWIN], f"does not fit {CSWIN}"),
     (["{run}/x.safetensors", "--model", SWIN, "--ema"], "--ema picks the EMA weights of a training run checkpoint"),
-    (["--hub-dir", "{out}", "--model", SWIN, "--model-args", TINY_MODEL[3]], "2 shape mismatches ['head.fc.weight: "
+    (["--hub-dir", "{out}", "--model", SWIN, "--model-kwargs", TINY_MODEL[3]], "2 shape mismatches ['head.fc.weight: "
                                                                             "(2, 32) in the file, (1000, 32)"),
 ])
 def test_bad_conversions_are_one_line(args, message, run, tmp_path, capsys):
@@ -135,9 +135,9 @@ def test_bad_conversions_are_one_line(args, message, run, tmp_path, capsys):
 def test_a_file_that_does_not_give_the_whole_model_is_refused(run, tmp_path, capsys):
     weights = {k: v for k, v in read_checkpoint(run / "best.pth")["model"].items() if not k.startswith("norm.")}
     torch.save(weights, tmp_path / "partial.pth")
-    model_args = json.dumps(dict(json.loads(TINY_MODEL[3]), num_classes=2))
+    model_kwargs = json.dumps(dict(json.loads(TINY_MODEL[3]), num_classes=2))
     args = ["convert", str(tmp_path / "partial.pth"), "--hub-dir", str(tmp_path / "hub"), "--model", SWIN,
-            "--model-args", model_args]
+            "--model-kwargs", model_kwargs]
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert f"partial.pth does not fit {SWIN} (another size or family? check the model and its arguments): 2 " \

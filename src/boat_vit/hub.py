@@ -135,7 +135,7 @@ def hub_folder_from_weights(
     src: PathLike,
     folder: PathLike,
     model_name: str,
-    model_args: Optional[dict[str, Any]] = None,
+    model_kwargs: Optional[dict[str, Any]] = None,
     *,
     key: Optional[str] = None,
     overwrite: bool = False,
@@ -148,7 +148,7 @@ def hub_folder_from_weights(
         src: The weights file.
         folder: The folder to write.
         model_name: The timm model the weights are for.
-        model_args: Its keyword arguments (e.g. another ``num_classes`` or size); recorded in ``config.json``.
+        model_kwargs: Its keyword arguments (e.g. another ``num_classes`` or size); recorded in ``config.json``.
         key: The entry of ``src`` holding the weights (default: EMA weights first).
         overwrite: Replace an existing ``folder``.
 
@@ -158,7 +158,7 @@ def hub_folder_from_weights(
     """
     folder = Path(folder)
     _check_free(folder, overwrite)
-    model = create_model(model_name, **(model_args or {}))
+    model = create_model(model_name, **(model_kwargs or {}))
     used_key = load_whole_model(model, src, weights_filter(model), key=key)
     entry = f" (entry {used_key!r})" if used_key else ""
     return write_hub_folder(model, folder, f"{Path(src).name}{entry}", overwrite=overwrite)
