@@ -613,11 +613,10 @@ def test_pretrained_cfg_metadata():
     assert cfg["license"] == "mit"
     assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.9
     assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["std"] == timm.data.IMAGENET_DEFAULT_STD
-    assert not cfg["url"] and cfg["classifier"] == "head.fc" and cfg["first_conv"] == "patch_embed.proj"
+    assert cfg["classifier"] == "head.fc" and cfg["first_conv"] == "patch_embed.proj"
+    assert cfg["custom_load"] and cfg["url"][0].startswith("https://www.dropbox.com/")  # the released file
     for name in ("boat_cswin_tiny_224", "boat_cswin_small_224", "boat_cswin_base_224"):
         assert name in timm.list_models("boat_cswin*")
-    with pytest.raises(RuntimeError):
-        timm.create_model("boat_cswin_tiny_224", pretrained=True, **SMALL)  # no URL: a file must be given
 
 
 @pytest.mark.slow

@@ -89,6 +89,9 @@ def _loading_paths(data: dict[str, Path]) -> dict[str, list[str]]:
         "seg-predict --checkpoint": ["seg-predict", image, "--checkpoint", "{F}", "--output", f"{out}/e"],
         "convert": ["convert", "{F}", f"{out}/f.safetensors", "--model", MODEL,
                     "--model-kwargs", json.dumps(json.loads(TINY_MODEL[3]))],
+        "convert --hub-dir --model": ["convert", "{F}", "--hub-dir", f"{out}/k", "--model", MODEL,
+                                      "--model-kwargs", json.dumps(json.loads(TINY_MODEL[3]))],
+        "convert --hub-dir": ["convert", "{F}", "--hub-dir", f"{out}/l"],
         "show-clusters --checkpoint": ["show-clusters", "--checkpoint", "{F}", "--output", f"{out}/g.png"],
         "show-clusters --pretrained-file": ["show-clusters", "--model", MODEL, *SHOW, "--pretrained-file", "{F}",
                                             "--output", f"{out}/h.png"],
@@ -177,7 +180,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
         (["train", "--model", "boat_swin_nano", "--output", f"{out}/m"], "unknown model 'boat_swin_nano'"),
         (train("--data", f"{out}/no-such-data"), "data folder not found"),
         (["train", *train()[1:-6], "--data", cls_data, "--output", a_file, "--epochs", "1"], "is a file, not a folder"),
-        (train("--resume", cls_run, "--overwrite"), "drop --pretrained-file and --overwrite"),
+        (train("--resume", cls_run, "--overwrite"), "drop --pretrained-file, --pretrained and --overwrite"),
         (train("--batch-size", "24", "--resume", cls_run), "--batch-size 24 (the run has 8)"),
         (["eval", "--data", cls_data], "give a training checkpoint, or a model name"),
         (["eval", "--checkpoint", cls_run, "--data", f"{out}/nothing"], "evaluation folder not found"),
@@ -187,7 +190,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
         (["predict", image, "--checkpoint", cls_run, "--top-k", "-1"], "argument --top-k: must be at least 1"),
         (["predict", f"{out}/missing.png", "--checkpoint", cls_run], "missing.png"),
         (["predict", cls_run, "--checkpoint", cls_run], "cannot read image"),
-        (["predict", image, "--model", MODEL], "needs its weights (--pretrained-file)"),
+        (["predict", image, "--model", MODEL], "needs its weights (--pretrained-file or --pretrained)"),
         (seg("--crop-size", "0"), "--crop-size must be >= 1"),
         (seg("--iterations", "0"), "--iterations must be >= 1"),
         (seg("--batch-size", "1"), "at least 2 images each"),
@@ -215,6 +218,10 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
         (["convert", cls_run, f"{out}/x.safetensors", "--model", MODEL, "--model-kwargs", "[1]"],
          "argument --model-kwargs: expected a JSON object"),
         (["convert", cls_run, f"{out}/x.pth", "--model", MODEL], "output must end in .safetensors"),
+        (["convert", cls_run], "give OUT (a safetensors file) or --hub-dir FOLDER"),
+        (["convert", cls_run, "--hub-dir", f"{out}/h", "--ema"], "has no EMA weights"),
+        (train("--pretrained", "--pretrained-file", a_file), "--pretrained and --pretrained-file both give"),
+        (seg("--pretrained", "--backbone-weights", a_file), "--pretrained and --backbone-weights both give"),
         (["bench", MODEL, "--batch-size", "0"], "argument --batch-size: must be at least 1"),
         (["bench", MODEL, "--repeats", "0"], "argument --repeats: must be at least 1"),
         (["bench", MODEL, "--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
@@ -237,7 +244,8 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
          "argument --img-size: must be at least 1"),
         (["export", MODEL, "--format", "onnx", "--output", f"{out}/e3.onnx", "--tolerance", "-1"],
          "argument --tolerance: must be above 0"),
-        (["export", MODEL, "--format", "onnx", "--output", f"{out}/e4.onnx"], "needs its weights (--pretrained-file)"),
+        (["export", MODEL, "--format", "onnx", "--output", f"{out}/e4.onnx"],
+         "needs its weights (--pretrained-file or --pretrained)"),
         (["export", "boat_nano", "--format", "onnx", "--output", f"{out}/e5.onnx"], "unknown model 'boat_nano'"),
         (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--output", f"{out}/none/e6.onnx"],
          "output folder"),
@@ -277,7 +285,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
     ]
 
 
-ARGUMENT_PROBES = 109
+ARGUMENT_PROBES = 116
 
 
 def test_the_argument_sweep_covers_every_command(probe_data, runs):

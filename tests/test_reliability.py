@@ -347,12 +347,14 @@ def test_options_that_cannot_run_are_refused(one_epoch_run, ade_shapes, shapes_f
     assert cli_main(train_args(shapes_folder, tmp_path / "a", 1, "--ema-decay", "2")) == 2
     assert "--ema-decay must be > 0 and < 1, got 2.0" in _error(capsys)
     assert cli_main(["predict", image, "--model", TINY_MODEL[1]]) == 2
-    assert "needs its weights (--pretrained-file): a model with random weights predicts nothing" in _error(capsys)
+    assert ("needs its weights (--pretrained-file or --pretrained): a model with random weights predicts nothing"
+            in _error(capsys))
     assert cli_main(["eval", "--checkpoint", str(one_epoch_run / "last.pth"), "--model", TINY_MODEL[1]]) == 2
     assert "--checkpoint brings its own model and weights; drop --model" in _error(capsys)
     assert cli_main(train_args(shapes_folder, one_epoch_run, 1, "--resume", str(one_epoch_run),
                                "--pretrained-file", str(one_epoch_run / "best.pth"))) == 2
-    assert "--resume continues a run with its own weights; drop --pretrained-file" in _error(capsys)
+    assert ("--resume continues a run with its own weights; drop --pretrained-file, --pretrained and --overwrite"
+            in _error(capsys))
     for scale in ("0", "-1"):
         with pytest.raises(SystemExit) as exit_:
             cli_main(["seg-eval", "--checkpoint", "x.pth", "--data", str(ade_shapes), "--scales", "1", scale])

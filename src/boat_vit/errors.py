@@ -17,6 +17,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DownloadError",
     "NonFiniteLossError",
     "OutputError",
     "OutputExistsError",
@@ -91,6 +92,10 @@ class UnsafeCheckpointError(CheckpointError):
 
 class WeightsMismatchError(CheckpointError):
     """Weights that do not fit a model: other shapes, a classifier of another size, or too few of them."""
+
+
+class DownloadError(BoatVitError, OSError):
+    """Weights that could not be downloaded: no network, a dead link, or a file that arrived incomplete."""
 
 
 class OutputExistsError(BoatVitError, FileExistsError):

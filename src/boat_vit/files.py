@@ -21,12 +21,14 @@ Writing. :func:`atomic_write` fills a temporary file created exclusively in the 
 through a planted link), flushes it to disk and renames it over the target: a reader sees the old file or
 the new one, never half of one. New files get the permissions of the process's umask. :func:`check_output`
 says before any work whether a file may be written: its folder exists and takes files, and nothing is in
-its place unless replacing it was asked for (a symbolic link counts: it is replaced, never followed).
+its place unless replacing it was asked for (a symbolic link counts: it is replaced, never followed). :func:`atomic_folder`
+does the same for a folder of files.
 """
 import argparse
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -49,6 +51,7 @@ from .errors import (
 __all__ = [
     "SAFETENSORS_SUFFIX",
     "TEMPORARY_SUFFIX",
+    "atomic_folder",
     "atomic_write",
     "check_output",
     "read_checkpoint",
@@ -62,6 +65,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 TEMPORARY_SUFFIX = ".tmp"  # of the files atomic_write renames into place
 NEW_FILE_MODE = 0o666  # before the umask, as open() creates files
 WRITE_CHECK_PREFIX = ".write-check."  # of the empty file check_output creates and removes
+NEW_FOLDER_MODE = 0o777  # before the umask, as mkdir() creates folders
 YACS_CFG_NODE = "yacs.config.CfgNode"
 
 PathLike = Union[str, os.PathLike]
@@ -223,6 +227,56 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_folder(path: PathLike, fill: Callable[[Path], None]) -> Path:
+    """Writes the folder ``path`` all at once: a reader sees the old folder or the new one, never half of one.
+
+    ``fill(folder)`` fills a temporary folder created exclusively next to ``path``, with the permissions the
+    umask gives a new folder; its files are flushed to disk and the folder is renamed to ``path``. Whatever
+    was at ``path`` is replaced: renamed aside first, removed once the new folder is in place. On any error
+    the temporary folder is removed and ``path`` is left as it was.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OSError: the folder cannot be written; the error names ``path``, never the temporary folder.
+    """
+    path = Path(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX))
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    aside = tmp.with_name(f"{tmp.name}.old")
+    try:
+        os.chmod(tmp, NEW_FOLDER_MODE & ~_umask())
+        fill(tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+        if os.path.lexists(path):
+            os.rename(path, aside)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if os.path.lexists(aside):
+                os.rename(aside, path)
+            raise
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside)
+    elif os.path.lexists(aside):
+        aside.unlink()
     return path
 
 

@@ -169,27 +169,28 @@ def _model_input_size(image_size: tuple[int, int], side: int, multiple: int) -> 
 
 
 def _load_model(
-    model_name: Optional[str], checkpoint: Optional[str], weights: Optional[str], model_kwargs: dict
+    model_name: Optional[str], checkpoint: Optional[str], weights: Optional[str], model_kwargs: dict,
+    pretrained: bool = False,
 ) -> tuple[torch.nn.Module, Optional[list[str]], dict]:
     """Model in eval mode, its class names (``None`` for random weights) and data config."""
     from timm.data import resolve_model_data_config
 
     if checkpoint is not None:
-        if model_kwargs or weights:
-            raise ConfigError(Argument("checkpoint"), " brings its own model; drop ", Argument("model_kwargs"), " and ",
-                              Argument("pretrained_file"))
+        if model_kwargs or weights or pretrained:
+            raise ConfigError(Argument("checkpoint"), " brings its own model; drop ", Argument("model_kwargs"), ", ",
+                              Argument("pretrained_file"), " and ", Argument("pretrained", True))
         model, class_names, data_config = load_classifier(checkpoint=checkpoint)
         if model_name is not None and model_name != model.pretrained_cfg.get("architecture", model_name):
             raise ConfigError(f"{checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {model_name}")
         return model, class_names, data_config
     if model_name is None:
-        raise ConfigError("give ", Argument("model_name"), " (and optionally ", Argument("pretrained_file"), "), or ",
-                          Argument("checkpoint"))
-    model, _ = create_classifier(model_name, IMAGENET_CLASSES, weights, **model_kwargs)
+        raise ConfigError("give ", Argument("model_name"), " (and optionally ", Argument("pretrained_file"), " or ",
+                          Argument("pretrained", True), "), or ", Argument("checkpoint"))
+    model, _ = create_classifier(model_name, IMAGENET_CLASSES, weights, pretrained=pretrained, **model_kwargs)
     data_config = resolve_model_data_config(model.eval())
     if "img_size" in model_kwargs:
         data_config["input_size"] = (3, *np.broadcast_to(model_kwargs["img_size"], 2).tolist())
-    class_names = [str(i) for i in range(model.num_classes)] if weights else None
+    class_names = [str(i) for i in range(model.num_classes)] if weights or pretrained else None
     return model, class_names, data_config
 
 
@@ -200,6 +201,7 @@ def show_clusters(
     sample: str = DEFAULT_SAMPLE,
     checkpoint: Optional[str] = None,
     pretrained_file: Optional[str] = None,
+    pretrained: bool = False,
     model_kwargs: Optional[dict] = None,
     stage: Optional[int] = None,
     block: Optional[int] = None,
@@ -219,6 +221,7 @@ def show_clusters(
         sample: Built-in image when ``image`` is ``None``: ``china``, ``flower`` or ``digit``.
         checkpoint: boat-vit training checkpoint (model, weights, classes and data config inside).
         pretrained_file: Weights for ``model_name`` through its checkpoint filter (e.g. released BOAT files).
+        pretrained: The weights of ``model_name``'s pretrained config, downloaded into timm's cache on first use.
         model_kwargs: Keyword arguments for ``model_name``.
         stage: Stage of the FSLA layer; default: the first with FSLA.
         block: Block of the FSLA layer within the stage; default: the stage's first FSLA block.
@@ -236,7 +239,8 @@ def show_clusters(
     """
     check_output(output, overwrite, argument="output")  # before the work
     torch.manual_seed(seed)
-    model, class_names, data_config = _load_model(model_name, checkpoint, pretrained_file, model_kwargs or {})
+    model, class_names, data_config = _load_model(model_name, checkpoint, pretrained_file, model_kwargs or {},
+                                                  pretrained)
     layer = select_fsla_layer(model, stage, block)
     picture = load_image(image) if image is not None else sample_image(sample)
     side = img_size or min(data_config["input_size"][1:])

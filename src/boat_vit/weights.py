@@ -42,6 +42,7 @@ __all__ = [
     "fill_missing_from_model",
     "load_state_dict_into",
     "load_weights",
+    "load_whole_model",
     "read_state_dict",
     "select_state_dict",
 ]
@@ -374,6 +375,25 @@ def convert_checkpoint(
     if dst.suffix != SAFETENSORS_SUFFIX:
         raise CheckpointError(f"the output must end in {SAFETENSORS_SUFFIX} (timm picks the loader by suffix): {dst}")
     check_output(dst, overwrite)  # before the work
+    used_key = load_whole_model(model, src, filter_fn, key=key)
+    written = {"format": "pt", **(metadata or {}), "source": src.name, "source_key": used_key}
+    save_safetensors(model.state_dict(), dst, written)
+    _logger.info("Wrote %d tensors to %s", len(model.state_dict()), dst)
+    return written
+
+
+def load_whole_model(model: nn.Module, src: PathLike, filter_fn: Optional[FilterFn] = None, *,
+                     key: Optional[str] = None) -> str:
+    """Loads the weights of ``src`` into ``model``, which they must fit exactly (every tensor, no more, same
+    shapes): what a conversion to the model's own layout needs. Read and converted as :func:`load_weights` does.
+
+    Returns:
+        The entry of ``src`` that held the weights (``""``: the whole file).
+
+    Raises:
+        CheckpointError: unreadable or unsafe input.
+        WeightsMismatchError: weights that do not fit the model exactly.
+    """
     state, used_key = read_state_dict(src, key)
     state = _apply_filter(state, model, filter_fn)
     own = model.state_dict()
@@ -387,7 +407,4 @@ def convert_checkpoint(
             f"{len(missing)} missing keys {missing[:KEYS_SHOWN]}, {len(unexpected)} unexpected keys "
             f"{unexpected[:KEYS_SHOWN]}, {len(mismatched)} shape mismatches {mismatched[:KEYS_SHOWN]}")
     model.load_state_dict(state)
-    written = {"format": "pt", **(metadata or {}), "source": src.name, "source_key": used_key}
-    save_safetensors(model.state_dict(), dst, written)
-    _logger.info("Wrote %d tensors to %s", len(own), dst)
-    return written
+    return used_key

@@ -8,7 +8,7 @@ from ..errors import Argument, CheckpointError, ConfigError
 from ..models import check_architecture_arguments, check_model_name, create_model, weights_filter
 from ..weights import WeightsReport, classifier_keys, load_weights
 
-__all__ = ["create_classifier", "load_classifier", "run_entries"]
+__all__ = ["classifier_from_run", "create_classifier", "load_classifier", "run_entries"]
 
 IMAGENET_CLASSES = 1000  # the class count of models created without a run checkpoint
 
@@ -19,6 +19,7 @@ def create_classifier(
     weights: Optional[str] = None,
     reset_head: bool = False,
     allow_partial: bool = False,
+    pretrained: bool = False,
     **kwargs: Any,
 ) -> tuple[nn.Module, Optional[WeightsReport]]:
     """A timm classifier by (checked) name, optionally filled from a weights file.
@@ -30,11 +31,24 @@ def create_classifier(
             downloaded, a run checkpoint, safetensors, a state dict).
         reset_head: Keep the fresh classifier where the file's has another number of classes.
         allow_partial: Accept a file that gives less than half of the model's weights.
+        pretrained: Load the weights of the model's pretrained config instead, downloaded into timm's cache on
+            first use as ``timm.create_model(name, pretrained=True)`` downloads them
+            (:func:`~boat_vit.models.download_pretrained`); a classifier of another class count starts afresh,
+            as with timm.
         **kwargs: Model keyword arguments (``img_size`` too, for models built for an input size).
 
     Returns:
-        The model and what was loaded (``None`` without ``weights``).
+        The model and what was loaded (``None`` without weights).
+
+    Raises:
+        ConfigError: both ``weights`` and ``pretrained``.
     """
+    if pretrained:
+        if weights is not None:
+            raise ConfigError(Argument("pretrained", True), " and ", Argument("weights"),
+                              " both give the weights; choose one")
+        check_model_name(name)  # suggestions for a misspelt name before any download
+        weights, reset_head = str(download_pretrained(name)), True
     model = create_model(name, num_classes=num_classes, **kwargs)
     report = (load_weights(model, weights, weights_filter(model), reset_head=reset_head, allow_partial=allow_partial)
               if weights is not None else None)
@@ -93,17 +107,33 @@ def _rebuilt(run: RunCheckpoint) -> nn.Module:
         raise run.damaged("model_args", f"cannot make a model: {error}") from None
 
 
+def classifier_from_run(run: RunCheckpoint, use_ema: bool = False) -> tuple[nn.Module, list[str], dict]:
+    """The classifier of a classification run checkpoint already read, rebuilt with every argument it was
+    trained with (its weights, or its EMA weights with ``use_ema``), with its class names and data config.
+
+    Raises:
+        CheckpointError: the checkpoint does not say which model, classes or data configuration it holds.
+        WeightsMismatchError: weights that do not fit the stored arguments.
+    """
+    model = _rebuilt(run)
+    run.load_into(model, ema=use_ema)
+    class_names, data_config = run_entries(run)
+    return model, class_names, data_config
+
+
 def load_classifier(
     checkpoint: Optional[str] = None,
     model_name: Optional[str] = None,
     weights: Optional[str] = None,
     use_ema: bool = False,
+    pretrained: bool = False,
 ) -> tuple[nn.Module, list[str], dict]:
     """A classifier in eval mode with its class names and data config.
 
     Either a classification run ``checkpoint`` (the model is rebuilt with every argument it was trained with;
     ``use_ema`` picks the EMA weights), or ``model_name`` with a ``weights`` file holding a whole classifier
-    (e.g. released BOAT weights; ImageNet indices as class names).
+    (e.g. released BOAT weights; ImageNet indices as class names) or with ``pretrained`` (the weights of its
+    pretrained config, downloaded into timm's cache on first use).
 
     Raises:
         ConfigError: both or neither of ``checkpoint`` and ``model_name``, or a model without weights.
@@ -113,21 +143,19 @@ def load_classifier(
     from timm.data import resolve_data_config
 
     if checkpoint is not None:
-        if model_name is not None or weights is not None:
+        if model_name is not None or weights is not None or pretrained:
             raise ConfigError(Argument("checkpoint"), " brings its own model and weights; drop ",
-                              Argument("model_name"), " and ", Argument("weights"))
-        run = RunCheckpoint.read(checkpoint, task="classification")
-        model = _rebuilt(run)
-        run.load_into(model, ema=use_ema)
-        class_names, data_config = run_entries(run)
+                              Argument("model_name"), ", ", Argument("weights"), " and ", Argument("pretrained", True))
+        model, class_names, data_config = classifier_from_run(RunCheckpoint.read(checkpoint, task="classification"),
+                                                              use_ema)
     elif model_name is not None:
         check_model_name(model_name)
-        if weights is None:
+        if weights is None and not pretrained:
             raise ConfigError(Argument("model_name"), f" {model_name} needs its weights (", Argument("weights"),
-                              "): a model with random weights predicts nothing")
-        model, report = create_classifier(model_name, IMAGENET_CLASSES, weights)
+                              " or ", Argument("pretrained", True), "): a model with random weights predicts nothing")
+        model, report = create_classifier(model_name, IMAGENET_CLASSES, weights, pretrained=pretrained)
         if classifier_keys(model) & set(report.initial):
-            raise CheckpointError(f"{weights} holds no classifier for {model_name} (a backbone only?): a model "
+            raise CheckpointError(f"{report.path} holds no classifier for {model_name} (a backbone only?): a model "
                                   "with a random classifier predicts nothing")
         class_names = [str(i) for i in range(model.num_classes)]
         data_config = resolve_data_config(model=model)

@@ -94,6 +94,7 @@ class TrainConfig(RunOptions):
     ema_decay: Optional[float] = None
     grad_checkpointing: bool = False
     pretrained_file: Optional[str] = None  # initial weights: any file boat_vit.weights.load_weights reads
+    pretrained: bool = False  # initial weights: the model's pretrained config's, downloaded (a new classifier)
     reset_head: bool = False
     partial_weights: bool = False  # accept a pretrained file that gives less than half of the model
 
@@ -104,16 +105,21 @@ class TrainConfig(RunOptions):
             raise ConfigError(Argument("model_kwargs"), f" must be a JSON object, got {self.model_kwargs!r}")
         if len(self.scale) != 2 or self.scale[0] > self.scale[1]:
             raise ConfigError(Argument("scale"), f" must be two values, low <= high, got {self.scale!r}")
-        if self.resume and (self.pretrained_file or self.overwrite):
+        if self.resume and (self.pretrained_file or self.pretrained or self.overwrite):
             raise ConfigError(Argument("resume"), " continues a run with its own weights; drop ",
-                              Argument("pretrained_file"), " and ", Argument("overwrite"))
+                              Argument("pretrained_file"), ", ", Argument("pretrained", True), " and ",
+                              Argument("overwrite"))
+        if self.pretrained and self.pretrained_file:
+            raise ConfigError(Argument("pretrained", True), " and ", Argument("pretrained_file"),
+                              " both give the initial weights; choose one")
         model_size = self.model_kwargs.get("img_size")
         if self.img_size is not None and model_size is not None and to_2tuple(model_size) != to_2tuple(self.img_size):
             raise ConfigError(Argument("img_size"), f" {self.img_size} differs from the img_size {model_size!r} of ",
                               Argument("model_kwargs"), " (give one of them)")
-        if (self.reset_head or self.partial_weights) and not self.pretrained_file:
+        if (self.reset_head or self.partial_weights) and not (self.pretrained_file or self.pretrained):
             raise ConfigError(Argument("reset_head" if self.reset_head else "partial_weights"), " applies to ",
-                              Argument("pretrained_file"), ", which is not given")
+                              Argument("pretrained_file"), " and ", Argument("pretrained", True),
+                              ", which are not given")
 
 
 BOUNDS = dict(

@@ -19,7 +19,7 @@ from ..engine import (
     run_training,
 )
 from ..errors import Argument, ConfigError, DataError
-from ..models import check_model_name, create_model, weights_filter
+from ..models import check_model_name, create_model, download_pretrained, weights_filter
 from ..weights import WeightsReport, load_weights
 from .data import build_datasets, collate_skipping
 from .evaluate import eval_loader_of, eval_transform_for, evaluate_classifier
@@ -130,9 +130,13 @@ class ClassificationTask(TrainingTask):
 
     def load_initial_weights(self, model: nn.Module) -> Optional[WeightsReport]:
         config = self.config
-        if config.pretrained_file is None:
+        if config.pretrained:  # the model's pretrained weights, as timm's pretrained=True: a new classifier
+            path, reset_head = str(download_pretrained(config.model)), True
+        elif config.pretrained_file is not None:
+            path, reset_head = config.pretrained_file, config.reset_head
+        else:
             return None
-        return load_weights(model, config.pretrained_file, weights_filter(model), reset_head=config.reset_head,
+        return load_weights(model, path, weights_filter(model), reset_head=reset_head,
                             allow_partial=config.partial_weights)
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:

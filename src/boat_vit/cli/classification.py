@@ -30,9 +30,11 @@ from .options import (
 __all__ = ["add_parsers"]
 
 # Python arguments of the library whose flag has another name (see options.flag_spelling)
-TRAIN_FLAGS = dict(allow_partial="--partial-weights")
+TRAIN_FLAGS = dict(allow_partial="--partial-weights", pretrained_cfg_overlay="--pretrained-file")
 MODEL_SOURCE_FLAGS = dict(model_name="--model", weights="--pretrained-file", use_ema="--ema",
-                          allow_partial="--partial-weights")
+                          allow_partial="--partial-weights", pretrained_cfg_overlay="--pretrained-file")
+PRETRAINED_HELP = ("the model's pretrained weights (the released ones for BOAT models), downloaded once into timm's "
+                   "cache ($TORCH_HOME/hub/checkpoints) as timm.create_model(MODEL, pretrained=True) downloads them")
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,10 +78,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--pretrained-file", help="initial weights: released BOAT weights as downloaded, a boat-vit checkpoint, a "
                                   "safetensors file or a state dict (through the model's checkpoint filter)")
     add("--initial-checkpoint", dest="pretrained_file", action=DeprecatedSpelling, help=argparse.SUPPRESS)
+    add("--pretrained", action="store_true", default=None, help=f"initial weights: {PRETRAINED_HELP}; a classifier "
+                                                                "of another class count starts afresh")
     add("--reset-head", action="store_true", default=None, help="with --pretrained-file: start the classifier "
                                                                 "afresh when its class count differs")
-    add("--partial-weights", action="store_true", default=None, help="with --pretrained-file: accept a file that "
-                                                                     "gives less than half of the model's weights")
+    add("--partial-weights", action="store_true", default=None, help="with --pretrained-file or --pretrained: accept "
+                                                                     "a file that gives less than half of the model's "
+                                                                     "weights")
 
 
 TRAIN_DESCRIPTION = """\
@@ -109,7 +114,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     world = setup_distributed(args.device or default_device())
     try:
         set_threads(args.threads, args.workers, world.local_world_size)
-        model, class_names, data_config = load_classifier(args.checkpoint, args.model, args.pretrained_file, args.ema)
+        model, class_names, data_config = load_classifier(args.checkpoint, args.model, args.pretrained_file, args.ema,
+                                                          args.pretrained)
         loader = eval_loader(args.data, data_config, world, args.batch_size, args.workers,
                              class_names if args.checkpoint else None)
         amp_dtype = amp_dtype_for(world.device, bool(args.amp), args.amp_dtype)
@@ -130,7 +136,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     """Prints the top classes of every readable image; an unreadable one gets a line on stderr (status 2)."""
     device = parse_device(args.device or default_device())
     set_threads(args.threads)
-    model, class_names, data_config = load_classifier(args.checkpoint, args.model, args.pretrained_file, args.ema)
+    model, class_names, data_config = load_classifier(args.checkpoint, args.model, args.pretrained_file, args.ema,
+                                                      args.pretrained)
     amp_dtype = amp_dtype_for(device, bool(args.amp), args.amp_dtype)
     model.to(device)
     unreadable = 0
@@ -155,6 +162,7 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="a boat-vit training checkpoint (best.pth / last.pth)")
     parser.add_argument("--model", help="instead of --checkpoint: a timm model name")
     parser.add_argument("--pretrained-file", help="with --model: weights file (e.g. released BOAT weights)")
+    parser.add_argument("--pretrained", action="store_true", help=f"with --model: {PRETRAINED_HELP}")
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     add_device_argument(parser)
     add_amp_arguments(parser)

@@ -31,7 +31,8 @@ __all__ = ["add_parsers"]
 
 # Python arguments of the library whose flag has another name (see options.flag_spelling)
 INFERENCE_FLAGS = dict(crop="--crop-size")
-TRAIN_FLAGS = dict(allow_partial="--partial-weights", mode="--eval-mode", stride="--eval-stride", crop="--crop-size")
+TRAIN_FLAGS = dict(allow_partial="--partial-weights", mode="--eval-mode", stride="--eval-stride", crop="--crop-size",
+                   pretrained_cfg_overlay="--backbone-weights")
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,10 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                                    '\'{"embed_dim": 48, "fsla_stages": false}\'')
     add("--backbone-weights", help="initial backbone weights: a boat-vit classification checkpoint (best.pth), a "
                                    "safetensors file or released BOAT weights as downloaded")
+    add("--pretrained", action="store_true", default=None,
+        help="initial backbone weights: the backbone's pretrained weights (the released ImageNet ones for BOAT "
+             "models), downloaded once into timm's cache ($TORCH_HOME/hub/checkpoints) as "
+             "timm.create_model(BACKBONE, pretrained=True) downloads them")
     add("--data", help=f"data root: ADEChallengeData2016 layout, images/ and annotations/ with training/ and "
                        f"validation/ (default {defaults.data})")
     add("--dataset", choices=["ade20k", "folder"], help="label convention: 'ade20k' (150 classes, 0 ignored, "
@@ -89,8 +94,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "--crop-size (default whole)")
     add("--eval-stride", type=int, nargs="+", help="sliding window stride, one or two ints (default 341)")
     add_run_arguments(parser, defaults)
-    add("--partial-weights", action="store_true", default=None, help="with --backbone-weights: accept a file that "
-                                                                     "gives less than half of the backbone's weights")
+    add("--partial-weights", action="store_true", default=None, help="with --backbone-weights or --pretrained: "
+                                                                     "accept a file that gives less than half of the "
+                                                                     "backbone's weights")
 
 
 TRAIN_DESCRIPTION = """\

@@ -1,5 +1,5 @@
 """``boat-vit convert``, ``export``, ``bench``, ``show-clusters`` and ``ablate``: shells over the checkpoint,
-export, measuring, picture and ablation functions."""
+hub-folder, export, measuring, picture and ablation functions."""
 import argparse
 import json
 import logging
@@ -10,7 +10,7 @@ from typing import Optional
 from .. import ablation
 from .. import bench as bench_api
 from .. import export as export_api
-from .. import visualize
+from .. import hub, visualize
 from ..classification import load_classifier
 from ..classification.data import DigitsDataset
 from ..classification.evaluate import eval_transform_for
@@ -32,11 +32,33 @@ from .options import (
 __all__ = ["add_parsers"]
 
 # Python arguments of the library whose flag has another name (see options.flag_spelling)
-MODEL_SOURCE_FLAGS = dict(model_name="--model", weights="--pretrained-file", use_ema="--ema")
+MODEL_SOURCE_FLAGS = dict(model_name="--model", weights="--pretrained-file", use_ema="--ema",
+                          pretrained_cfg_overlay="--pretrained-file")
+PRETRAINED_HELP = ("the model's pretrained weights (the released ones for BOAT models), downloaded once into timm's "
+                   "cache ($TORCH_HOME/hub/checkpoints) as timm.create_model(MODEL, pretrained=True) downloads them")
 
 
 def _run_convert(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if (args.output is None) == (args.hub_dir is None):
+        raise ValueError("give OUT (a safetensors file) or --hub-dir FOLDER, one of them")
+    if args.ema and (args.hub_dir is None or args.model is not None):
+        raise ValueError("--ema picks the EMA weights of a training run checkpoint for --hub-dir (without --model); "
+                         "for another file, --key names the entry")
+    if args.hub_dir is not None:
+        if args.model is None:  # a training run's checkpoint: the model as trained, its classes and accuracy
+            if args.model_kwargs or args.key is not None:
+                raise ValueError("a training run checkpoint brings its own model and weights; drop --model-kwargs "
+                                 "and --key (or name the model with --model)")
+            folder = hub.hub_folder_from_run(args.input, args.hub_dir, use_ema=args.ema, overwrite=args.overwrite)
+        else:
+            folder = hub.hub_folder_from_weights(args.input, args.hub_dir, args.model, args.model_kwargs,
+                                                 key=args.key, overwrite=args.overwrite)
+        print(f"wrote {folder}/ (model.safetensors, config.json, README.md); after `import boat_vit`, "
+              f"timm.create_model(\"local-dir:{folder}\", pretrained=True) loads it")
+        return 0
+    if args.model is None:
+        raise ValueError("--model names the model the weights are for (needed to write OUT)")
     model = create_model(args.model, **args.model_kwargs)
     written = convert_checkpoint(args.input, args.output, model, weights_filter(model), key=args.key,
                                  overwrite=args.overwrite,
@@ -57,11 +79,13 @@ def _run_export(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     export_api.check_output(args.output, args.overwrite)  # before the model is loaded and exported
     if args.checkpoint:
-        model, _, data_config = load_classifier(args.checkpoint, weights=args.pretrained_file, use_ema=args.ema)
+        model, _, data_config = load_classifier(args.checkpoint, weights=args.pretrained_file, use_ema=args.ema,
+                                                pretrained=args.pretrained)
         if args.model != model.pretrained_cfg.get("architecture", args.model):
             raise ValueError(f"{args.checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {args.model}")
     else:
-        model, _, data_config = load_classifier(model_name=args.model, weights=args.pretrained_file)
+        model, _, data_config = load_classifier(model_name=args.model, weights=args.pretrained_file,
+                                                pretrained=args.pretrained)
     size = tuple(args.img_size) if args.img_size else tuple(data_config["input_size"][1:])
     size = (size[0], size[-1])
     if size != tuple(data_config["input_size"][1:]) and hasattr(model, "set_input_size"):
@@ -121,9 +145,9 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _run_show_clusters(args: argparse.Namespace) -> int:
     summary = visualize.show_clusters(
         args.output, model_name=args.model, image=args.image, sample=args.sample, checkpoint=args.checkpoint,
-        pretrained_file=args.pretrained_file, model_kwargs=args.model_kwargs, stage=args.stage, block=args.block,
-        heads=args.head, patch=args.patch, img_size=args.img_size, panel_width=args.panel_width, seed=args.seed,
-        overwrite=args.overwrite,
+        pretrained_file=args.pretrained_file, pretrained=args.pretrained, model_kwargs=args.model_kwargs,
+        stage=args.stage, block=args.block, heads=args.head, patch=args.patch, img_size=args.img_size,
+        panel_width=args.panel_width, seed=args.seed, overwrite=args.overwrite,
     )
     height, width = summary["token_map"]
     print(f"{summary['layer']}: {height}x{width} tokens (input {summary['input_size'][0]}x{summary['input_size'][1]}),"
@@ -143,19 +167,32 @@ def _heads(value: str) -> Optional[list[int]]:
         raise argparse.ArgumentTypeError(f"expected 'all' or comma-separated head indices, got {value!r}") from None
 
 
+CONVERT_DESCRIPTION = """\
+Reads a weights file without running code from it and writes it in the layout of a timm model:
+
+  boat-vit convert IN OUT.safetensors --model MODEL   a safetensors file in MODEL's layout, for
+                                                     timm.create_model(MODEL, checkpoint_path=OUT)
+  boat-vit convert IN --hub-dir FOLDER --model MODEL  a Hugging Face Hub folder (model.safetensors, config.json,
+                                                     README.md model card) for timm.create_model("local-dir:FOLDER",
+                                                     pretrained=True), or "hf-hub:ORG/NAME" once uploaded
+  boat-vit convert RUN/best.pth --hub-dir FOLDER      the same for a training run's checkpoint: the model as
+                                                     trained, with its class names, data settings and accuracy
+
+IN: released BOAT weights as downloaded, a Swin/CSWin/timm checkpoint, a safetensors file, a state dict or (with
+--model) a boat-vit run checkpoint. Loading a hub folder needs `import boat_vit` first (it registers the models).
+"""
+
+
 def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "convert",
-        help="convert a released checkpoint to a safetensors file in boat-vit's layout",
-        description=(
-            "Reads a released BOAT checkpoint (or a Swin/CSWin/timm one) without running code from it, "
-            "converts it to the layout of --model and writes a safetensors file that "
-            "timm.create_model(MODEL, checkpoint_path=OUT) loads."
-        ),
+        "convert", help="convert weights to a safetensors file or a Hugging Face Hub folder in timm's layout",
+        description=CONVERT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", metavar="IN", type=Path, help="checkpoint file to convert")
-    parser.add_argument("output", metavar="OUT", type=Path, help="safetensors file to write")
-    parser.add_argument("--model", required=True, help="timm model name, e.g. boat_swin_tiny_patch4_window7_224")
+    parser.add_argument("input", metavar="IN", type=Path, help="weights file or training run checkpoint to convert")
+    parser.add_argument("output", metavar="OUT", type=Path, nargs="?", help="safetensors file to write")
+    parser.add_argument("--hub-dir", type=Path, help="instead of OUT: the Hugging Face Hub folder to write")
+    parser.add_argument("--model", help="timm model name, e.g. boat_swin_tiny_patch4_window7_224 (not needed for a "
+                                        "training run checkpoint with --hub-dir)")
     parser.add_argument("--key", default=None, help="checkpoint entry holding the weights ('model', 'state_dict', "
                                                     "'state_dict_ema', ...; '' for a plain state dict); default: EMA "
                                                     "weights if present")
@@ -163,7 +200,8 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
                         help='JSON keyword arguments for the model, e.g. \'{"num_classes": 10}\'')
     parser.add_argument("--model-args", dest="model_kwargs", type=json_object, action=DeprecatedSpelling,
                         help=argparse.SUPPRESS)
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--ema", action="store_true", help="with a training run checkpoint: its EMA weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT or the --hub-dir folder if it exists")
     parser.set_defaults(func=_run_convert)
 
 
@@ -179,6 +217,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     add("--overwrite", action="store_true", help="replace an existing --output")
     add("--checkpoint", help="a boat-vit training checkpoint (best.pth / last.pth)")
     add("--pretrained-file", help="instead of --checkpoint: weights for MODEL (e.g. released BOAT weights)")
+    add("--pretrained", action="store_true", help=f"instead of --checkpoint: {PRETRAINED_HELP}")
     add("--ema", action="store_true", help="the checkpoint's EMA weights")
     add("--img-size", type=positive_int, nargs="+", help="export size, one or two (H W) ints (default: the "
                                                           "model's input size)")
@@ -267,6 +306,7 @@ def _add_show_clusters(subparsers: argparse._SubParsersAction) -> None:
     add("--checkpoint", help="a boat-vit training checkpoint, e.g. the digits demo's best.pth")
     add("--pretrained-file", help="weights for --model through its checkpoint filter (e.g. released BOAT weights); "
                                   "without weights the model is random and still groups by content")
+    add("--pretrained", action="store_true", help=f"instead of --pretrained-file: {PRETRAINED_HELP}")
     add("--model-kwargs", type=json_object, help='JSON keyword arguments for --model, e.g. \'{"embed_dim": 48}\'')
     add("--output", required=True, help="PNG file to write (an existing one is kept unless --overwrite)")
     add("--overwrite", action="store_true", help="replace an existing --output")

@@ -1,5 +1,5 @@
-"""BOAT model families, registered with timm on import; model creation by name with a clear error, and the
-conversion of weights files to a model's layout."""
+"""BOAT model families, registered with timm on import; model creation by name with a clear error, the
+conversion of weights files to a model's layout, and pretrained weights by download."""
 import difflib
 import importlib
 import warnings
@@ -14,11 +14,12 @@ from timm.models import get_arch_pretrained_cfgs, split_model_name_tag
 from ..errors import ConfigError, first_line
 from ..weights import FilterFn
 from . import boat_cswin, boat_swin
+from ._pretrained import download_pretrained
 from .boat_cswin import BoatCSWin
 from .boat_swin import BoatSwinTransformer
 
 __all__ = ["ARCHITECTURE_ARGUMENTS", "building", "check_architecture_arguments", "check_model_name", "create_model",
-           "weights_filter"]
+           "download_pretrained", "weights_filter"]
 
 # The one conversion of each family: its filter function (timm's convention).
 FAMILY_FILTERS: tuple[tuple[type, FilterFn], ...] = (

@@ -40,13 +40,13 @@ compiles the models, which then run at any batch and size with results identical
 
 Weights
 -------
-The released checkpoints (github.com/mahaoyuHKU/pytorch-boat) live on an external host; load a local copy
-with ``timm.create_model("boat_cswin_tiny_224", pretrained=True, pretrained_cfg_overlay=dict(file=PATH))`` or
-:func:`boat_vit.weights.load_weights`. :func:`checkpoint_filter_fn`, the one conversion of this family, maps
-the released key layout to this one; plain Microsoft CSWin checkpoints load too, with the FSLA branches freshly
-initialised and listed in a warning. A file must give at least half of the model's weights (the classifier
-aside); ``pretrained_strict=False`` accepts less. ``checkpoint_path=`` takes files in this model's own layout
-(``boat-vit convert`` writes them).
+``timm.create_model("boat_cswin_tiny_224", pretrained=True)`` downloads the released checkpoint
+(github.com/mahaoyuHKU/pytorch-boat) into timm's cache and loads it, EMA weights first (:mod:`._pretrained`); a
+local copy loads with ``pretrained_cfg_overlay=dict(file=PATH)`` or :func:`boat_vit.weights.load_weights`.
+:func:`checkpoint_filter_fn`, the one conversion of this family, maps the released key layout to this one; plain
+Microsoft CSWin checkpoints load too, with the FSLA branches freshly initialised and listed in a warning. A file
+must give at least half of the model's weights (the classifier aside); ``pretrained_strict=False`` accepts less.
+``checkpoint_path=`` takes files in this model's own layout (``boat-vit convert`` writes them).
 """
 import logging
 import re
@@ -68,12 +68,13 @@ from timm.layers import (
     to_2tuple,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from ..clustering import format_shape
 from ..layers import FeatureSpaceLocalAttention
-from ..weights import checked_filter, fill_missing_from_model
-from ._metadata import BOAT_PAPER_CFG
+from ..weights import fill_missing_from_model
+from ._metadata import BOAT_PAPER_CFG, released_weights
+from ._pretrained import build_boat_model, load_pretrained_file
 from ._stages import per_stage, stage_indices
 
 __all__ = [
@@ -630,6 +631,11 @@ class BoatCSWin(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's custom-load hook (``pretrained=True``): loads a downloaded weights file, read safely, the way
+        timm loads pretrained weights (:func:`~boat_vit.models._pretrained.load_pretrained_file`)."""
+        load_pretrained_file(self, checkpoint_path, checkpoint_filter_fn)
+
 
 @register_notrace_function  # FX: checks of the input's shape (FX wraps no function named _*)
 def check_image(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], strict_img_size: bool) -> None:
@@ -705,15 +711,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 
 def _create_boat_cswin(variant: str, pretrained: bool = False, **kwargs) -> BoatCSWin:
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (1, 2, 21, 1))))))
-    allow_partial = not kwargs.get("pretrained_strict", True)  # timm's switch for a partial pretrained load
-    return build_model_with_cfg(
-        BoatCSWin,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checked_filter(checkpoint_filter_fn, allow_partial),
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
-        **kwargs,
-    )
+    return build_boat_model(BoatCSWin, variant, pretrained, checkpoint_filter_fn,
+                            feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
@@ -736,9 +735,9 @@ def _cfg(**kwargs) -> Dict[str, Any]:
 
 default_cfgs = generate_default_cfgs(
     {
-        "boat_cswin_tiny_224.in1k": _cfg(),
-        "boat_cswin_small_224.in1k": _cfg(),
-        "boat_cswin_base_224.in1k": _cfg(),
+        "boat_cswin_tiny_224.in1k": _cfg(**released_weights("boat_cswin_tiny_224")),
+        "boat_cswin_small_224.in1k": _cfg(**released_weights("boat_cswin_small_224")),
+        "boat_cswin_base_224.in1k": _cfg(**released_weights("boat_cswin_base_224")),
     }
 )
 

@@ -28,13 +28,14 @@ Python control flow on the token count); ``torch.jit.script`` compiles it (resul
 PyTorch, any batch, and any size with ``dynamic_img_size=True``); ``torch.export`` and ONNX
 (:mod:`boat_vit.export`) trace it with a dynamic batch for one image size.
 
-Weights: the released checkpoints (github.com/mahaoyuHKU/pytorch-boat) live on an external host. Load a
-local copy with ``timm.create_model("boat_swin_tiny_patch4_window7_224", pretrained=True,
-pretrained_cfg_overlay=dict(file=PATH))`` or :func:`boat_vit.weights.load_weights`; :func:`checkpoint_filter_fn`,
-the one conversion of this family, maps the released (Microsoft Swin) layout to this one. Plain Microsoft/timm
-Swin checkpoints load too, with the FSLA branches freshly initialised and listed in a warning. A file must give
-at least half of the model's weights (the classifier aside); ``pretrained_strict=False`` accepts less.
-``checkpoint_path=`` takes files in this model's own layout (``boat-vit convert`` writes them).
+Weights: ``timm.create_model("boat_swin_tiny_patch4_window7_224", pretrained=True)`` downloads the released
+checkpoint (github.com/mahaoyuHKU/pytorch-boat) into timm's cache and loads it (:mod:`._pretrained`); a local copy
+loads with ``pretrained_cfg_overlay=dict(file=PATH)`` or :func:`boat_vit.weights.load_weights`.
+:func:`checkpoint_filter_fn`, the one conversion of this family, maps the released (Microsoft Swin) layout to
+this one. Plain Microsoft/timm Swin checkpoints load too, with the FSLA branches freshly initialised and listed in
+a warning. A file must give at least half of the model's weights (the classifier aside);
+``pretrained_strict=False`` accepts less. ``checkpoint_path=`` takes files in this model's own layout
+(``boat-vit convert`` writes them).
 """
 from typing import Any, Dict, Sequence, Tuple, Type, Union
 
@@ -42,14 +43,15 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, PatchEmbed, calculate_drop_path_rates, to_2tuple, to_ntuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models import swin_transformer as timm_swin
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, SwinTransformerStage
 
 from ..clustering import DEFAULT_GROUP_SIZE
 from ..layers import DEFAULT_OVERLAP, FeatureSpaceLocalAttention
-from ..weights import checked_filter, fill_missing_from_model
-from ._metadata import BOAT_PAPER_CFG
+from ..weights import fill_missing_from_model
+from ._metadata import BOAT_PAPER_CFG, released_weights
+from ._pretrained import build_boat_model, load_pretrained_file
 from ._stages import per_stage
 
 __all__ = [
@@ -369,6 +371,11 @@ class BoatSwinTransformer(SwinTransformer):
         if weight_init != "skip":
             self.init_weights(needs_reset=False)
 
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's custom-load hook (``pretrained=True``): loads a downloaded weights file, read safely, the way
+        timm loads pretrained weights (:func:`~boat_vit.models._pretrained.load_pretrained_file`)."""
+        load_pretrained_file(self, checkpoint_path, checkpoint_filter_fn)
+
 
 def _is_fsla_key(key: str) -> bool:
     return ".fsla." in key or ".norm_fsla." in key
@@ -397,15 +404,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: BoatSwinTransformer)
 
 def _create_boat_swin(variant: str, pretrained: bool = False, **kwargs: Any) -> BoatSwinTransformer:
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (2, 2, 6, 2))))))
-    allow_partial = not kwargs.get("pretrained_strict", True)  # timm's switch for a partial pretrained load
-    return build_model_with_cfg(
-        BoatSwinTransformer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checked_filter(checkpoint_filter_fn, allow_partial),
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
-        **kwargs,
-    )
+    return build_boat_model(BoatSwinTransformer, variant, pretrained, checkpoint_filter_fn,
+                            feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -428,9 +428,9 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 
 default_cfgs = generate_default_cfgs(
     {
-        "boat_swin_tiny_patch4_window7_224.in1k": _cfg(),
-        "boat_swin_small_patch4_window7_224.in1k": _cfg(),
-        "boat_swin_base_patch4_window7_224.in1k": _cfg(),
+        "boat_swin_tiny_patch4_window7_224.in1k": _cfg(**released_weights("boat_swin_tiny_patch4_window7_224")),
+        "boat_swin_small_patch4_window7_224.in1k": _cfg(**released_weights("boat_swin_small_patch4_window7_224")),
+        "boat_swin_base_patch4_window7_224.in1k": _cfg(**released_weights("boat_swin_base_patch4_window7_224")),
     }
 )
 

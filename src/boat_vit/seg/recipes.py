@@ -40,6 +40,7 @@ class SegTrainConfig(RunOptions):
     backbone: str = "boat_swin_tiny_patch4_window7_224"
     backbone_kwargs: dict = field(default_factory=dict)
     backbone_weights: Optional[str] = None  # classification checkpoint, safetensors or released weights
+    pretrained: bool = False  # backbone weights: the backbone's pretrained config's, downloaded
     data: str = "data/ADEChallengeData2016"
     dataset: str = "ade20k"  # or "folder" (give num_classes)
     num_classes: Optional[int] = None
@@ -79,12 +80,16 @@ class SegTrainConfig(RunOptions):
             raise ConfigError(Argument("backbone_kwargs"), f" must be a JSON object, got {self.backbone_kwargs!r}")
         if self.ratio_range[0] > self.ratio_range[1]:
             raise ConfigError(Argument("ratio_range"), f" must be low <= high, got {self.ratio_range!r}")
-        if self.resume and (self.backbone_weights or self.overwrite):
+        if self.resume and (self.backbone_weights or self.pretrained or self.overwrite):
             raise ConfigError(Argument("resume"), " continues a run with its own weights; drop ",
-                              Argument("backbone_weights"), " and ", Argument("overwrite"))
-        if self.partial_weights and not self.backbone_weights:
-            raise ConfigError(Argument("partial_weights"), " applies to ", Argument("backbone_weights"),
-                              ", which is not given")
+                              Argument("backbone_weights"), ", ", Argument("pretrained", True), " and ",
+                              Argument("overwrite"))
+        if self.pretrained and self.backbone_weights:
+            raise ConfigError(Argument("pretrained", True), " and ", Argument("backbone_weights"),
+                              " both give the backbone's weights; choose one")
+        if self.partial_weights and not (self.backbone_weights or self.pretrained):
+            raise ConfigError(Argument("partial_weights"), " applies to ", Argument("backbone_weights"), " and ",
+                              Argument("pretrained", True), ", which are not given")
 
 
 BOUNDS = dict(

@@ -28,7 +28,7 @@ from ..engine import (
     run_training,
 )
 from ..errors import Argument, ConfigError, DataError
-from ..models import check_model_name
+from ..models import check_model_name, download_pretrained
 from ..weights import WeightsReport
 from .data import EvalTransform, SegmentationFolder, TrainAugmentation, check_samples, collate_segmentation, dataset_spec
 from .evaluate import InferenceOptions, eval_loader, evaluate_segmentation, format_scores
@@ -120,9 +120,13 @@ class SegmentationTask(TrainingTask):
 
     def load_initial_weights(self, model: nn.Module) -> Optional[WeightsReport]:
         config = self.config
-        if not config.backbone_weights:
+        if config.pretrained:  # the backbone's pretrained weights, downloaded as timm's pretrained=True does
+            path = str(download_pretrained(config.backbone))
+        elif config.backbone_weights:
+            path = config.backbone_weights
+        else:
             return None
-        return load_backbone_weights(model, config.backbone_weights, allow_partial=config.partial_weights)
+        return load_backbone_weights(model, path, allow_partial=config.partial_weights)
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         from timm.optim import create_optimizer_v2
