@@ -2,6 +2,12 @@
 
 Importing the package registers the BOAT models with timm (``timm.create_model("boat_swin_tiny_...")``).
 """
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:  # OpenMP reads it once, as torch loads: see boat_vit.engine.threads
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .clustering import Clustering, GroupPlan, balanced_clustering, plan_groups
 from .layers import FeatureSpaceLocalAttention
 from . import models  # noqa: F401  (registers the BOAT models with timm)
