@@ -2,6 +2,12 @@
 
 Importing the package registers the BOAT models with timm (``timm.create_model("boat_swin_tiny_...")``).
 """
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:  # OpenMP reads it once, as torch loads: see boat_vit.engine.threads
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from ._startup import quiet_interrupt
 
 with quiet_interrupt():  # Ctrl-C while the command imports torch and timm: one line, not a traceback

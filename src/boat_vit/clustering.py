@@ -24,9 +24,10 @@ Controls for ablations: :func:`random_balanced_clustering` keeps this layout (pl
 but assigns tokens to slots at random; :func:`single_group_clustering` puts all tokens in one group.
 
 No gradient flows through the clustering. Half-precision inputs are clustered in float32, float64 stays
-float64. Every operation is batched over sequences and groups; Python loops run over levels and
-refinement iterations only, plus, on CPU, over cache-sized blocks of whole sequences (decided by shapes
-alone; results do not depend on it).
+float64, under autocast too (it is switched off inside the clustering; TorchScript code cannot switch it
+off, so a scripted model called under autocast clusters in half precision). Every operation is batched over
+sequences and groups; Python loops run over levels and refinement iterations only, plus, on CPU, over
+cache-sized blocks of whole sequences (decided by shapes alone; results do not depend on it).
 
 Compilers and exporters: the module compiles with ``torch.jit.script`` (TorchScript), and traces with
 ``torch.compile``, ``torch.export`` and the ONNX exporter. The group layout is Python arithmetic on the token
@@ -196,10 +197,14 @@ def balanced_clustering(
         )
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
+    device = x.device
+    if not torch.jit.is_scripting():  # scripted code cannot leave an eager autocast region (module docstring)
+        if _autocast_enabled(device.type):  # its matmuls would run the splits in half precision
+            with torch.autocast(device.type, enabled=False):
+                return balanced_clustering(x, group_size, iterations, temperature)
     num_tokens, dim = x.shape[-2], x.shape[-1]
     num_seq = x.numel() // (num_tokens * dim)
     plan = plan_groups(num_tokens, group_size)
-    device = x.device
     work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.no_grad():
         if not plan.num_levels or not num_seq:
@@ -226,6 +231,11 @@ def balanced_clustering(
         slot = torch.arange(plan.num_slots, device=device).expand(num_seq, -1)
         inverse = torch.empty_like(order).scatter_(1, order, slot)[:, :num_tokens]
     return Clustering(plan, order, inverse)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (never for devices without autocast, such as ``meta``)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def format_shape(shape: List[int]) -> str:

@@ -124,8 +124,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> 
     add_device_argument(parser)
     add = parser.add_argument
     add("--seed", type=int, help=f"seed of weights, data order and augmentation (default {defaults.seed})")
-    add("--workers", type=non_negative_int, help=f"data loading processes per training process (default "
-                                                f"{defaults.workers})")
+    add("--workers", type=non_negative_int, help=f"data loading processes per training process (default: the "
+                                                f"preset's, else {defaults.workers})")
     add_threads_argument(parser)
     add("--resume", help="continue a run from its run directory or a last.pth checkpoint, with the options it "
                          "started with (only run options such as --workers, --threads, --device may change)")
