@@ -12,7 +12,6 @@ from .. import export as export_api
 from .. import visualize
 from ..checkpoint import convert_checkpoint
 from ..classification import load_classifier
-from ..classification.data import DigitsDataset
 from ..classification.evaluate import eval_transform_for
 from ..engine import default_device, set_threads
 from ..models import create_model
@@ -40,10 +39,12 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 EXPORT_SEED = 0  # of the random check images
-CHECK_IMAGES = 16  # images each export is checked on: half random, half real (the embedded digits)
+CHECK_IMAGES = 16  # images each export is checked on: half random, half crops of real photographs
+CHECK_PHOTOS = ("china", "flower")  # scikit-learn's sample photographs (no download)
+CROP_SHRINK = 0.2  # each further crop of a photograph is this much smaller (as a share of its height)
 EXPORT_DESCRIPTION = f"""\
 Export a classifier to ONNX, TorchScript or a torch.export program (.pt2). The export is reloaded and
-checked against eager PyTorch on random images and on real ones (the embedded handwritten digits). The
+checked against eager PyTorch on random images and on crops of two real photographs. The
 file is written only if the check passes; a failure or Ctrl-C leaves nothing behind. Each step prints
 its time: eager (reference outputs), trace, convert (ONNX only), save, reload, check.
 
@@ -65,19 +66,33 @@ ONNX export needs onnx, onnxscript and onnxruntime: pip install 'boat-vit[export
 """
 
 
+def _photo_crops(count: int, transform) -> "torch.Tensor":
+    """``count`` square crops of the sample photographs, smaller and further right in turn, as the model sees them."""
+    import torch
+
+    photos = [visualize.sample_image(name) for name in CHECK_PHOTOS]
+    crops = []
+    for index in range(count):
+        photo, turn = photos[index % len(photos)], index // len(photos)
+        width, height = photo.size
+        side = max(1, int(height * (1 - CROP_SHRINK * (turn % round(1 / CROP_SHRINK)))))
+        left = (width - side) * (turn % 3) // 2
+        crops.append(transform(photo.crop((left, height - side, left + side, height))))
+    return torch.stack(crops)
+
+
 def _check_images(args: argparse.Namespace, size: tuple, data_config: dict) -> dict:
     """Named batches of random and real check images; batch sizes vary only where the export takes any."""
     import torch
 
     generator = torch.Generator().manual_seed(EXPORT_SEED)
     random = torch.randn(args.check_images - args.check_images // 2, 3, *size, generator=generator)
-    transform, digits = eval_transform_for(data_config), DigitsDataset("val")
-    real = torch.stack([transform(digits[i][0]) for i in range(args.check_images // 2)])
+    real = _photo_crops(args.check_images // 2, eval_transform_for(data_config))
     any_batch = args.dynamic_batch or args.format == "torchscript"
     # a fixed batch: batches of the example's size; any batch: one batch per kind, of other sizes than it
     step = len(random) + len(real) if any_batch else args.batch_size
     batches = {}
-    for kind, images in (("random", random), ("digits", real)):
+    for kind, images in (("random", random), ("photos", real)):
         for start in range(0, len(images), step):
             batch = images[start : start + step]
             if any_batch or len(batch) == step:
@@ -237,7 +252,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     add("--opset", type=_opset, default=export_api.DEFAULT_OPSET,
         help=f"ONNX opset, {export_api.MIN_OPSET} to {export_api.MAX_OPSET} (default {export_api.DEFAULT_OPSET})")
     add("--check-images", type=positive_int, default=CHECK_IMAGES,
-        help=f"images the export is checked on, half random, half real (default {CHECK_IMAGES})")
+        help=f"images the export is checked on: half random, half crops of photographs (default {CHECK_IMAGES})")
     add("--tolerance", type=positive_float, default=export_api.DEFAULT_TOLERANCE,
         help=f"largest |exported - eager| of the median check image's logits (default "
              f"{export_api.DEFAULT_TOLERANCE:g})")
