@@ -325,9 +325,12 @@ def check_export(
     Raises:
         ExportMismatchError: The images fail the judgement, the export fails on a batch, or shapes differ.
     """
+    named = _named_inputs(inputs)
+    if not named:
+        raise ValueError("no check inputs: give at least one batch")
     agreements = []
     with torch.no_grad():
-        for name, images in _named_inputs(inputs).items():
+        for name, images in named.items():
             reference = expected(images) if isinstance(expected, nn.Module) else expected[name]
             agreements.append(compare_outputs(reference, _run_exported(exported, images)))
     agreement = _pooled(agreements)
@@ -609,6 +612,8 @@ def export_model(
         check_opset(opset)
     path = check_output(path, overwrite)
     inputs = _named_inputs(example if check_inputs is None else check_inputs)
+    if not inputs:
+        raise ValueError("no check inputs: give at least one batch")
     step = _Steps(on_step)
     with step("eager"), torch.no_grad():
         try:

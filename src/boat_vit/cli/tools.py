@@ -87,22 +87,21 @@ def _photo_crops(count: int, transform) -> "torch.Tensor":
 
 
 def _check_images(args: argparse.Namespace, size: tuple, data_config: dict) -> dict:
-    """Named batches of random and real check images; batch sizes vary only where the export takes any."""
+    """Named batches of random and real check images, half and half.
+
+    An export that takes any batch gets one batch of each kind (other sizes than the example's); one with a fixed
+    batch gets batches of that size (each kind rounded up to whole batches).
+    """
     import torch
 
-    generator = torch.Generator().manual_seed(EXPORT_SEED)
-    random = torch.randn(args.check_images - args.check_images // 2, 3, *size, generator=generator)
-    real = _photo_crops(args.check_images // 2, eval_transform_for(data_config))
     any_batch = args.dynamic_batch or args.format == "torchscript"
-    # a fixed batch: batches of the example's size; any batch: one batch per kind, of other sizes than it
-    step = len(random) + len(real) if any_batch else args.batch_size
-    batches = {}
-    for kind, images in (("random", random), ("photos", real)):
-        for start in range(0, len(images), step):
-            batch = images[start : start + step]
-            if any_batch or len(batch) == step:
-                batches[f"{kind} {start // step}"] = batch
-    return batches
+    per_kind = -(-args.check_images // 2)
+    step = per_kind if any_batch else args.batch_size
+    per_kind = -(-per_kind // step) * step
+    random = torch.randn(per_kind, 3, *size, generator=torch.Generator().manual_seed(EXPORT_SEED))
+    real = _photo_crops(per_kind, eval_transform_for(data_config))
+    return {f"{kind} {start // step}": images[start : start + step]
+            for kind, images in (("random", random), ("photos", real)) for start in range(0, per_kind, step)}
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -257,7 +256,8 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     add("--opset", type=_opset, default=export_api.DEFAULT_OPSET,
         help=f"ONNX opset, {export_api.MIN_OPSET} to {export_api.MAX_OPSET} (default {export_api.DEFAULT_OPSET})")
     add("--check-images", type=positive_int, default=CHECK_IMAGES,
-        help=f"images the export is checked on: half random, half crops of photographs (default {CHECK_IMAGES})")
+        help=f"images the export is checked on: half random, half crops of photographs, in whole batches "
+             f"(default {CHECK_IMAGES})")
     add("--tolerance", type=positive_float, default=export_api.DEFAULT_TOLERANCE,
         help=f"largest |exported - eager| of the median check image's logits (default "
              f"{export_api.DEFAULT_TOLERANCE:g})")
