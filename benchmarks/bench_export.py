@@ -1,7 +1,7 @@
 """onnxruntime against eager PyTorch on CPU for the BOAT families, as ratios measured in one run.
 
-Each model is exported to ONNX once (dynamic batch, :func:`boat_vit.export.export_model`) and its largest
-difference from eager PyTorch on random batches is reported. Then, per batch size, eager PyTorch
+Each model is exported to ONNX once (dynamic batch, :func:`boat_vit.export.export_model`, which checks it) and its
+largest difference from eager PyTorch on random batches is reported. Then, per batch size, eager PyTorch
 (``torch.inference_mode``, eval mode) and onnxruntime (CPU execution provider, the same thread count) are
 timed interleaved (:func:`boat_vit.bench.time_interleaved`), so the drift of a shared machine hits both
 alike. Reported: median images/s of each and the median of the per-repeat speed ratios (onnxruntime / eager;
@@ -44,7 +44,7 @@ def bench_model(key: str, batches: list[int], size: int, repeats: int, warmup: i
     model = timm.create_model(MODELS[key], img_size=size).eval()
     with tempfile.TemporaryDirectory() as folder:
         path = export_model(model, "onnx", Path(folder) / f"{key}.onnx", torch.randn(EXPORT_BATCH, 3, size, size),
-                            dynamic_batch=True)
+                            dynamic_batch=True).path
         run_onnx = load_exported(path, "onnx", threads)
         rows = []
         for batch in batches:

@@ -251,7 +251,13 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
          "output folder"),
         (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--output", a_file], "exists; pass --overwrite"),
         (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--opset", "12", "--output", f"{out}/e7.onnx"],
-         "opset >= 17, got 12"),
+         "argument --opset: ONNX opset must be between 18 and 22, got 12"),
+        (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--opset", "999", "--output", f"{out}/e8.onnx"],
+         "argument --opset: ONNX opset must be between 18 and 22, got 999"),
+        (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--img-size", "1", "2", "3", "--output",
+          f"{out}/e9.onnx"], "argument --img-size: expected one or two integers (S, or H W), got 3"),
+        (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--img-size", "1", "--output",
+          f"{out}/e10.onnx"], "argument --img-size: boat_swin_tiny_patch4_window7_224 does not run at 1x1"),
         (["ablate", "--seeds", "0"], "argument --seeds: must be at least 1"),
         (["ablate", "--epochs", "0"], "argument --epochs: must be at least 1"),
         (["ablate", "--tasks", "bogus", "--output", f"{out}/a1"], "unknown tasks ['bogus']"),
@@ -285,7 +291,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
     ]
 
 
-ARGUMENT_PROBES = 116
+ARGUMENT_PROBES = 119
 
 
 def test_the_argument_sweep_covers_every_command(probe_data, runs):
