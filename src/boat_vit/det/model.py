@@ -3,7 +3,7 @@
 :func:`create_detector` returns torchvision's :class:`~torchvision.models.detection.MaskRCNN` (or
 :class:`~torchvision.models.detection.FasterRCNN`) whose backbone is :class:`TimmFeaturePyramid`: the timm model
 built with ``features_only`` at strides 4, 8, 16 and 32 (any input size: models made for one size are built
-with ``strict_img_size=False``), followed by torchvision's feature pyramid network with an extra stride-64 level
+with ``dynamic_img_size=True``), followed by torchvision's feature pyramid network with an extra stride-64 level
 from max pooling (mmdetection's ``FPN(num_outs=5)``). The images are normalised with the backbone's own
 mean and std (its pretrained config).
 
@@ -62,10 +62,10 @@ def _timm_kwargs(backbone: str, drop_path_rate: float, backbone_kwargs: dict[str
     """Keyword arguments that build ``backbone`` for any input size, with ``backbone_kwargs`` on top."""
     from timm.models import get_pretrained_cfg
 
-    kwargs: dict[str, Any] = dict(drop_path_rate=drop_path_rate)
+    kwargs: dict[str, Any] = dict(drop_path_rate=drop_path_rate) if drop_path_rate else {}  # not every model has it
     pretrained_cfg = get_pretrained_cfg(backbone)
     if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:  # made for one size: allow any
-        kwargs["strict_img_size"] = False
+        kwargs["dynamic_img_size"] = True
     return {**kwargs, **backbone_kwargs}
 
 
