@@ -50,7 +50,7 @@ class Pair:
 PAIRS: dict[str, Pair] = {
     "boat_swin_t": Pair("boat_swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224"),
     # our CSWin-T is the same model with FSLA off (timm has no CSWin)
-    "boat_cswin_t": Pair("boat_cswin_tiny_224", "boat_cswin_tiny_224", baseline_kwargs=dict(fsla=False)),
+    "boat_cswin_t": Pair("boat_cswin_tiny_224", "boat_cswin_tiny_224", baseline_kwargs=dict(fsla_stages=False)),
 }
 TARGETS: dict[str, float] = {"inference": 0.80, "train": 0.75}
 NUM_CLASSES = 1000

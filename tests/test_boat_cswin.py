@@ -12,9 +12,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import boat_vit.models.boat_cswin as boat_cswin  # registers the models with timm
 import boat_vit.models.boat_swin as boat_swin
-from boat_vit.checkpoint import load_checkpoint_file, load_state_dict_file
+from boat_vit.models import weights_filter
 from boat_vit.models._stages import stage_indices
-from boat_vit.models.boat_cswin import BoatCSWin, CrossShapedAttention, checkpoint_filter_fn, is_released_layout
+from boat_vit.models.boat_cswin import BoatCSWin, CrossShapedAttention, checkpoint_filter_fn
+from boat_vit.weights import load_weights, read_state_dict, select_state_dict
 
 # The configuration of tests/data/reference/boat_cswin_mini.pt, in our argument names.
 MINI = dict(embed_dim=32, depths=(1, 2, 2, 1), num_heads=(2, 4, 8, 16), num_classes=10)
@@ -155,11 +156,11 @@ def test_choose_checkpoint_entry_after_a_timm_load(reference, tmp_path):
         "boat_cswin_tiny_224", pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=10), **MINI
     )
     model = timm.create_model("boat_cswin_tiny_224", **MINI)
-    # the filter alone, given the whole checkpoint dict, takes the EMA weights
-    filtered = checkpoint_filter_fn(load_checkpoint_file(path), model)
+    # the file's state dict, chosen as timm does (EMA weights first), through the filter
+    filtered = checkpoint_filter_fn(read_state_dict(path)[0], model)
     assert torch.equal(filtered["patch_embed.proj.weight"], ref["state_dict"]["stage1_conv_embed.0.weight"])
     # choosing the other entry: load it safely, hand timm the state dict
-    chosen, key = load_state_dict_file(path, key="state_dict")
+    chosen, key = read_state_dict(path, key="state_dict")
     assert key == "state_dict"
     model = timm.create_model(
         "boat_cswin_tiny_224", pretrained=True, pretrained_cfg_overlay=dict(state_dict=chosen, num_classes=10), **MINI
@@ -167,17 +168,18 @@ def test_choose_checkpoint_entry_after_a_timm_load(reference, tmp_path):
     assert torch.equal(model.state_dict()["patch_embed.proj.weight"], perturbed["stage1_conv_embed.0.weight"])
 
 
-def test_reference_checkpoint_path_and_load_state_dict_accept_released_layout(mini_reference, tmp_path):
+def test_released_file_loads_through_load_weights_and_not_through_checkpoint_path(mini_reference, tmp_path):
     ref, loaded = mini_reference
     path = tmp_path / "released.pth"
     write_released_checkpoint(path, ref["state_dict"])
-    via_path = timm.create_model("boat_cswin_tiny_224", checkpoint_path=str(path), **MINI).double().eval()
-    direct = timm.create_model("boat_cswin_tiny_224", **MINI)
-    assert is_released_layout(ref["state_dict"]) and not is_released_layout(direct.state_dict())
-    direct.load_state_dict(ref["state_dict"], strict=True)
+    model = timm.create_model("boat_cswin_tiny_224", **MINI)
+    report = load_weights(model, path, weights_filter(model))
+    assert not report.initial and not report.unused
     for k, v in loaded.state_dict().items():
-        assert torch.equal(via_path.state_dict()[k], v), k
-        assert torch.equal(direct.double().state_dict()[k], v), k
+        assert torch.equal(model.double().state_dict()[k], v), k
+    # checkpoint_path= takes the model's own layout only (timm loads it strictly, without a filter)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        timm.create_model("boat_cswin_tiny_224", checkpoint_path=str(path), **MINI)
 
 
 # ---- checkpoint filter ---------------------------------------------------------------------------------------
@@ -207,7 +209,8 @@ def test_filter_maps_released_layout_and_passes_ours_through():
     released = released_layout(model)
     assert "stage1_conv_embed.0.weight" in released and "stage4.0.content_attn.qkv.weight" in released
     assert "merge1.conv.weight" in released and "stage2.1.attns.1.get_v.weight" in released
-    for state_dict in (released, model.state_dict(), {"module." + k: v for k, v in released.items()}):
+    wrapped, _ = select_state_dict({"module." + k: v for k, v in released.items()})  # as a DDP model saves it
+    for state_dict in (released, model.state_dict(), wrapped):
         filtered = checkpoint_filter_fn(state_dict, model)
         assert filtered.keys() == model.state_dict().keys()
         for k, v in model.state_dict().items():
@@ -215,14 +218,13 @@ def test_filter_maps_released_layout_and_passes_ours_through():
 
 
 def test_plain_cswin_checkpoint_loads_with_fresh_fsla_and_lists_missing(caplog):
-    plain = small(fsla=False)
+    plain = small(fsla_stages=False)
     boat = small()  # seeded like `plain`, so this is its own fresh initialisation
     fresh = {k: v.clone() for k, v in boat.state_dict().items()}
     plain_ckpt = released_layout(plain)
     assert not any("content_attn" in k or "norm3" in k for k in plain_ckpt)
-    assert is_released_layout(plain_ckpt)
     with caplog.at_level(logging.WARNING, logger=boat_cswin.__name__):
-        filtered = checkpoint_filter_fn({"state_dict": plain_ckpt, "args": argparse.Namespace()}, boat)
+        filtered = checkpoint_filter_fn(plain_ckpt, boat)
     result = boat.load_state_dict(filtered, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     fsla_keys = [k for k in fresh if ".fsla." in k or ".norm_fsla." in k]
@@ -236,7 +238,7 @@ def test_plain_cswin_checkpoint_loads_with_fresh_fsla_and_lists_missing(caplog):
 
 
 def test_boat_checkpoint_into_fsla_off_model_drops_fsla_with_warning(caplog):
-    boat, plain = small(), small(fsla=False)
+    boat, plain = small(), small(fsla_stages=False)
     with caplog.at_level(logging.WARNING, logger=boat_cswin.__name__):
         filtered = checkpoint_filter_fn(released_layout(boat), plain)
     assert filtered.keys() == plain.state_dict().keys()
@@ -270,7 +272,7 @@ MACS = {
 def check_params(name: str) -> None:
     boat, plain = PARAMS[name]
     assert round(count_params(timm.create_model(name, device="meta")) / 1e6, 2) == boat
-    assert round(count_params(timm.create_model(name, device="meta", fsla=False)) / 1e6, 2) == plain
+    assert round(count_params(timm.create_model(name, device="meta", fsla_stages=False)) / 1e6, 2) == plain
 
 
 def check_macs(name: str) -> None:
@@ -281,7 +283,7 @@ def check_macs(name: str) -> None:
     # T 5.1879 + 0.0108 + 0.0010 = 5.1997; S 8.0297 + 0.0145 + 0.0010 = 8.0452; B 17.5695 + 0.0217 + 0.0015
     # = 17.5927: the released 5.20 / 8.05 / 17.59. FSLA off: 4.3242 / 6.8007 / 14.9553 (CSWin 4.32 / 6.80 / 14.96).
     assert boat - 0.025 < gmacs(timm.create_model(name, device="meta")) < boat
-    assert gmacs(timm.create_model(name, device="meta", fsla=False)) == pytest.approx(plain, abs=0.005)
+    assert gmacs(timm.create_model(name, device="meta", fsla_stages=False)) == pytest.approx(plain, abs=0.005)
 
 
 def test_param_counts_tiny():
@@ -547,20 +549,28 @@ def test_timm_kwarg_names():
 
 
 def test_fsla_off_variant_and_per_stage_switch():
-    plain = small(fsla=False)
+    plain = small(fsla_stages=False)
     names = [n for n, _ in plain.named_parameters()]
     assert not any(".fsla." in n or ".norm_fsla." in n for n in names)
     boat = small()
     fsla_blocks = [(i, j) for i, s in enumerate(boat.stages) for j, b in enumerate(s.blocks) if b.fsla is not None]
     assert fsla_blocks == [(0, 0), (1, 0), (2, 0), (3, 0)]  # even blocks of every stage, stage 4 included
-    mixed = small(fsla=(True, False, True, False))
+    mixed = small(fsla_stages=(True, False, True, False))
     assert [any(b.fsla is not None for b in s.blocks) for s in mixed.stages] == [True, False, True, False]
     assert mixed.fsla_stages == (True, False, True, False)
     with pytest.raises(ValueError, match="one value per stage"):
-        small(fsla=(True, False))
+        small(fsla_stages=(True, False))
     # FSLA adds exactly its own layers and norms
     extra = sum(p.numel() for n, p in boat.named_parameters() if ".fsla." in n or ".norm_fsla." in n)
     assert count_params(boat) - count_params(plain) == extra > 0
+
+
+def test_fsla_is_a_deprecated_spelling_of_fsla_stages():
+    with pytest.warns(FutureWarning, match=r"fsla=\.\.\.\) is deprecated; use fsla_stages="):
+        old = small(fsla=(True, False, True, False))
+    new = small(fsla_stages=(True, False, True, False))
+    assert old.fsla_stages == new.fsla_stages == (True, False, True, False)
+    assert old.state_dict().keys() == new.state_dict().keys()
 
 
 def test_models_import_only_public_timm_names():

@@ -16,7 +16,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 import boat_vit.layers
 import boat_vit.models.boat_swin  # noqa: F401  (registers the models)
 from boat_vit.clustering import DEFAULT_GROUP_SIZE, DEFAULT_ITERATIONS
+from boat_vit.models import weights_filter
 from boat_vit.models.boat_swin import BoatSwinTransformer, BoatSwinTransformerBlock
+from boat_vit.weights import load_weights
 
 TINY = "boat_swin_tiny_patch4_window7_224"
 ENTRYPOINTS = (TINY, "boat_swin_small_patch4_window7_224", "boat_swin_base_patch4_window7_224")
@@ -73,15 +75,19 @@ def test_released_file_reproduces_reference_through_timm_pretrained(reference, t
     torch.testing.assert_close(features, ref["features"], rtol=0, atol=EXACT_64)
 
 
-def test_released_file_loads_through_checkpoint_path(reference, tmp_path, monkeypatch):
+def test_released_file_loads_through_load_weights_and_not_through_checkpoint_path(reference, tmp_path, monkeypatch):
     ref = reference("boat_swin_mini")
     path = tmp_path / "boat_swin_mini.pth"
     _save_released(path, ref["state_dict"], monkeypatch)
 
-    model = timm.create_model(TINY, checkpoint_path=str(path), **REFERENCE_MINI)  # load_state_dict, no filter fn
+    model = timm.create_model(TINY, **REFERENCE_MINI)
+    report = load_weights(model, path, weights_filter(model))
+    assert not report.initial and not report.unused
     logits, _ = _logits_and_features(model.double().eval(), ref["input"].double())
-
     torch.testing.assert_close(logits, ref["output"], rtol=0, atol=EXACT_64)
+    # checkpoint_path= takes the model's own layout only (timm loads it strictly, without a filter)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        timm.create_model(TINY, checkpoint_path=str(path), **REFERENCE_MINI)
 
 
 def test_plain_swin_checkpoint_keeps_fresh_fsla_and_lists_it(reference, tmp_path, monkeypatch, caplog):

@@ -7,7 +7,8 @@ import timm
 import torch
 
 import boat_vit.models.boat_swin  # noqa: F401  (registers the models)
-from boat_vit.checkpoint import convert_checkpoint
+from boat_vit.models import weights_filter
+from boat_vit.weights import convert_checkpoint
 from boat_vit.cli import USAGE_ERROR, main
 
 TINY = "boat_swin_tiny_patch4_window7_224"
@@ -47,7 +48,8 @@ def test_cli_convert_then_checkpoint_path_reproduces_reference(released_mini, tm
 
 def test_default_key_is_ema_like_timm(released_mini, tmp_path):
     ref, src = released_mini
-    metadata = convert_checkpoint(src, tmp_path / "ema.safetensors", timm.create_model(TINY, **REFERENCE_MINI))
+    model = timm.create_model(TINY, **REFERENCE_MINI)
+    metadata = convert_checkpoint(src, tmp_path / "ema.safetensors", model, weights_filter(model))
     assert metadata["source_key"] == "state_dict_ema"
     with safetensors.safe_open(tmp_path / "ema.safetensors", "pt") as handle:
         head = handle.get_tensor("head.fc.bias")
@@ -71,7 +73,7 @@ def test_errors(released_mini, tmp_path, capsys):
     assert "error: unknown model 'boat_swin_huge'; did you mean " in err
 
     err = _run_error([str(src), out, "--model", TINY], capsys)  # mini weights, default tiny config
-    assert f"does not fit {TINY} (another size or family? see --model and --model-args): " in err
+    assert f"does not fit {TINY} (another size or family? check the model and its arguments): " in err
     assert "68 missing keys" in err and "0 unexpected keys" in err  # stage 3: 6 blocks, not 2
     assert "shape mismatches ['patch_embed.proj.weight: (32, 3, 4, 4) in the file" in err
 
@@ -93,6 +95,7 @@ def test_plain_state_dict_in_our_layout_round_trips(tmp_path):
     model = timm.create_model(TINY, **SMALL)
     src = tmp_path / "ours.pth"
     torch.save(model.state_dict(), src)
-    convert_checkpoint(src, tmp_path / "ours.safetensors", timm.create_model(TINY, **SMALL), key="")
+    target = timm.create_model(TINY, **SMALL)
+    convert_checkpoint(src, tmp_path / "ours.safetensors", target, weights_filter(target), key="")
     loaded = timm.create_model(TINY, checkpoint_path=str(tmp_path / "ours.safetensors"), **SMALL)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

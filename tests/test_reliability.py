@@ -18,7 +18,7 @@ from PIL import Image
 
 import boat_vit.classification.train as classification_train
 import boat_vit.seg.train as seg_train
-from boat_vit.checkpoint import load_checkpoint_file
+from boat_vit.files import read_checkpoint
 from boat_vit.classification import resolve_config
 from boat_vit.classification.data import TolerantImageFolder
 from boat_vit.cli import main as cli_main
@@ -41,7 +41,7 @@ def _error(capsys) -> str:
 
 
 def _weights(run: Path) -> dict:
-    return load_checkpoint_file(run / "last.pth")["model"]
+    return read_checkpoint(run / "last.pth")["model"]
 
 
 def _same_weights(a: dict, b: dict) -> bool:
@@ -101,7 +101,7 @@ def test_a_non_finite_evaluation_never_becomes_best(shapes_folder, tmp_path, mon
     monkeypatch.setattr(classification_train, "evaluate_classifier", diverging_after_first_epoch)
     assert cli_main(train_args(shapes_folder, run, 2)) == 2
     assert "non-finite validation loss at epoch 2; the run stopped before saving it" in _error(capsys)
-    assert load_checkpoint_file(run / "best.pth")["epoch"] == load_checkpoint_file(run / "last.pth")["epoch"] == 0
+    assert read_checkpoint(run / "best.pth")["epoch"] == read_checkpoint(run / "last.pth")["epoch"] == 0
 
 
 def test_a_non_finite_segmentation_output_stops_the_run(ade_shapes, tmp_path, monkeypatch, capsys):
@@ -220,7 +220,7 @@ def test_backbone_weights_of_another_model_are_refused(ade_shapes, tmp_path, cap
 
 
 def test_model_arguments_from_a_file_are_an_allowlist(one_epoch_run, shapes_folder, tmp_path, capsys):
-    state = load_checkpoint_file(one_epoch_run / "last.pth")
+    state = read_checkpoint(one_epoch_run / "last.pth")
     state["model_kwargs"] = dict(state["model_kwargs"], pretrained=True,
                                  pretrained_cfg_overlay=dict(file=str(tmp_path / "elsewhere.pth")))
     torch.save(state, tmp_path / "crafted.pth")
@@ -244,7 +244,7 @@ def test_img_size_sets_the_models_size(shapes_folder, tmp_path):
     args[args.index(TINY_MODEL[3])] = json.dumps(kwargs)
     args[args.index("--img-size") + 1] = "32"
     assert cli_main(args) == 0
-    assert load_checkpoint_file(tmp_path / "run" / "last.pth")["data_config"]["input_size"] == (3, 32, 32)
+    assert read_checkpoint(tmp_path / "run" / "last.pth")["data_config"]["input_size"] == (3, 32, 32)
 
 
 def test_sixteen_bit_images_keep_their_contrast(tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 
 import boat_vit.seg.train as seg_train
 from boat_vit.cli import main as cli_main
-from boat_vit.checkpoint import load_checkpoint_file as load_checkpoint
+from boat_vit.files import read_checkpoint as load_checkpoint
 from boat_vit.seg import BoatUPerNet, load_backbone_weights
 from boat_vit.seg.data import (
     ADE20K_CLASSES, IGNORE_INDEX, EvalTransform, SegmentationFolder, TrainAugmentation, dataset_spec, rescale_size,
@@ -118,8 +118,8 @@ def test_backbone_weights_from_classification_checkpoints(tmp_path, caplog):
     torch.testing.assert_close(model.backbone.state_dict()["layers_0.blocks.1.fsla.proj.weight"], fresh)
 
     wider = BoatUPerNet(SWIN, 3, dict(TINY_SWIN, embed_dim=32), decoder_channels=16)
-    with pytest.raises(ValueError, match=r"best.pth does not fit backbone .*patch_embed.proj.weight has shape "
-                                         r"\(16, 3, 4, 4\) in the checkpoint, \(32, 3, 4, 4\)"):
+    with pytest.raises(ValueError, match=rf"best.pth does not fit {SWIN} .*patch_embed.proj.weight: "
+                                         r"\(16, 3, 4, 4\) in the file, \(32, 3, 4, 4\) in the model"):
         load_backbone_weights(wider, tmp_path / "best.pth")
 
 
@@ -153,6 +153,28 @@ def test_seg_train_reports_the_backbone_initialisation(shapes, tmp_path, capsys)
     assert "(entry 'model'): 141 tensors loaded, 0 left initial, 4 unused" in capsys.readouterr().out
     report = json.loads((run / "summary.json").read_text())["backbone_weights"]
     assert len(report["loaded"]) == 141 and report["initial"] == [] and "head.fc.weight" in report["unused"]
+
+
+def test_a_segmentation_run_checkpoint_as_weights(trained, shapes, tmp_path, capsys):
+    """Its backbone part initialises a backbone; every command that wants a whole model refuses it in one line."""
+    best = str(trained / "best.pth")
+    assert cli_main(["seg-train", *TRAIN_ARGS, "--data", str(shapes), "--output", str(tmp_path / "again"),
+                     "--iterations", "1", "--backbone-weights", best]) == 0
+    assert "(entry 'model (backbone)'): 141 tensors loaded, 0 left initial, 0 unused" in capsys.readouterr().out
+    whole_model = [
+        ["train", "--model", SWIN, "--model-kwargs", json.dumps(TINY_SWIN), "--data", "digits",
+         "--pretrained-file", best, "--reset-head", "--output", str(tmp_path / "cls")],
+        ["eval", "--model", SWIN, "--pretrained-file", best],
+        ["predict", best, "--model", SWIN, "--pretrained-file", best],
+        ["export", SWIN, "--format", "torchscript", "--output", str(tmp_path / "m.pt"), "--pretrained-file", best],
+        ["show-clusters", "--model", SWIN, "--pretrained-file", best, "--output", str(tmp_path / "c.png")],
+        ["convert", best, str(tmp_path / "c.safetensors"), "--model", SWIN],
+    ]
+    for args in whole_model:
+        assert cli_main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "best.pth is a segmentation run checkpoint: only its backbone" in err, args
+    assert not any((tmp_path / name).exists() for name in ("m.pt", "c.png", "c.safetensors", "cls/last.pth"))
 
 
 # --------------------------------------------------------------------------------------------- metrics

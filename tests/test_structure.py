@@ -10,7 +10,8 @@ import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "boat_vit"
 PACKAGE = "boat_vit"
-MODEL_LIBRARY = ("boat_vit.clustering", "boat_vit.layers", "boat_vit.models", "boat_vit.checkpoint")
+MODEL_LIBRARY = ("boat_vit.errors", "boat_vit.files", "boat_vit.weights", "boat_vit.clustering", "boat_vit.layers",
+                 "boat_vit.models", "boat_vit.checkpoint")
 TASKS = ("boat_vit.classification", "boat_vit.seg", "boat_vit.det")
 ABOVE_THE_LIBRARY = ("boat_vit.engine", *TASKS, "boat_vit.bench", "boat_vit.visualize", "boat_vit.cli")
 

@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from boat_vit.cli import main as cli_main
-from boat_vit.checkpoint import load_checkpoint_file as load_checkpoint
+from boat_vit.files import read_checkpoint as load_checkpoint
 from boat_vit.classification import resolve_config
 from boat_vit.classification.data import DigitsDataset, build_datasets
 from boat_vit.engine import GlobalBatchSampler, ShardSampler
+from boat_vit.errors import WeightsMismatchError
 from tiny_data import SHAPES, TINY_MODEL, train_args as _train_args
 
 def _final_weights(run: Path) -> dict:
@@ -160,16 +161,17 @@ def test_unknown_model_suggests_names(tmp_path, capsys):
 
 
 def test_initial_checkpoint_with_other_classes(shapes_folder, tmp_path, capsys):
-    from boat_vit.checkpoint import load_weights
     from boat_vit.classification import create_classifier
+    from boat_vit.models import weights_filter
+    from boat_vit.weights import load_weights
 
     run = tmp_path / "run"
     assert cli_main(_train_args(shapes_folder, run, 1)) == 0
     kwargs = json.loads(TINY_MODEL[3])
     model, _ = create_classifier(TINY_MODEL[1], 5, **kwargs)
-    with pytest.raises(ValueError, match="2-class head but the model has 5 classes; pass --reset-head"):
-        load_weights(model, str(run / "last.pth"))
-    report = load_weights(model, str(run / "last.pth"), reset_head=True)
+    with pytest.raises(WeightsMismatchError, match="2-class head but the model has 5 classes; pass reset_head=True"):
+        load_weights(model, str(run / "last.pth"), weights_filter(model))
+    report = load_weights(model, str(run / "last.pth"), weights_filter(model), reset_head=True)
     assert sorted(report.initial) == ["head.fc.bias", "head.fc.weight"] and report.head_reset
 
 

@@ -12,7 +12,9 @@ import pytest
 import timm
 import torch
 
-from boat_vit.checkpoint import convert_checkpoint, load_weights, save_safetensors
+from boat_vit.files import save_safetensors
+from boat_vit.models import weights_filter
+from boat_vit.weights import convert_checkpoint, load_weights
 from boat_vit.classification import create_classifier
 from boat_vit.cli import main as cli_main
 from boat_vit.seg import BoatUPerNet, load_backbone_weights
@@ -72,11 +74,11 @@ def test_the_library_loaders_take_every_layout(layout, classifier_files, tmp_pat
     assert not report.initial and not report.unused
 
     model = timm.create_model(MODEL, num_classes=NUM_CLASSES, **MODEL_KWARGS)
-    load_weights(model, files[layout])
+    load_weights(model, files[layout], weights_filter(model))
     _assert_equal(weights, model.state_dict())
 
-    convert_checkpoint(files[layout], tmp_path / "converted.safetensors",
-                       timm.create_model(MODEL, num_classes=NUM_CLASSES, **MODEL_KWARGS))
+    target = timm.create_model(MODEL, num_classes=NUM_CLASSES, **MODEL_KWARGS)
+    convert_checkpoint(files[layout], tmp_path / "converted.safetensors", target, weights_filter(target))
     model = timm.create_model(MODEL, num_classes=NUM_CLASSES, checkpoint_path=str(tmp_path / "converted.safetensors"),
                               **MODEL_KWARGS)
     _assert_equal(weights, model.state_dict())
@@ -127,11 +129,11 @@ def test_seg_train_takes_the_backbone_in_any_layout(layout, ade_shapes, tmp_path
 
 
 def test_checkpoint_files_are_read_in_one_place():
-    """Only ``checkpoint.py`` unpickles or opens weights files (``torch.load``, pickle, safetensors)."""
+    """Only ``files.py`` unpickles or opens weights files (``torch.load``, pickle, safetensors)."""
     readers = ("pickle", "safetensors")
     offenders = []
     for path in SOURCE.rglob("*.py"):
-        if path.name == "checkpoint.py":
+        if path.name == "files.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             imported = ([alias.name for alias in node.names] if isinstance(node, ast.Import)

@@ -1,11 +1,11 @@
 """Classifiers by name, with weights from any supported file, or restored from a training checkpoint."""
-from pathlib import Path
 from typing import Any, Optional
 
 import torch.nn as nn
 
-from ..checkpoint import WeightsReport, load_checkpoint_file, load_weights
-from ..models import check_architecture_arguments, check_model_name, create_model
+from ..files import read_checkpoint
+from ..models import check_architecture_arguments, check_model_name, create_model, weights_filter
+from ..weights import WeightsReport, load_state_dict_into, load_weights
 
 __all__ = ["create_classifier", "load_classifier"]
 
@@ -25,7 +25,7 @@ def create_classifier(
     Args:
         name: timm model name.
         num_classes: Classes of the head.
-        weights: Any file :func:`boat_vit.checkpoint.load_weights` reads (released BOAT weights as
+        weights: Any file :func:`boat_vit.weights.load_weights` reads (released BOAT weights as
             downloaded, a training checkpoint, safetensors, a state dict).
         reset_head: Keep the fresh classifier where the file's has another number of classes.
         allow_partial: Accept a file that gives less than half of the model's weights.
@@ -35,7 +35,7 @@ def create_classifier(
         The model and what was loaded (``None`` without ``weights``).
     """
     model = create_model(name, num_classes=num_classes, **kwargs)
-    report = (load_weights(model, weights, reset_head=reset_head, allow_partial=allow_partial)
+    report = (load_weights(model, weights, weights_filter(model), reset_head=reset_head, allow_partial=allow_partial)
               if weights is not None else None)
     return model, report
 
@@ -57,18 +57,17 @@ def load_classifier(
     if checkpoint is not None:
         if model_name is not None or weights is not None:
             raise ValueError("--checkpoint brings its own model and weights; drop --model and --pretrained-file")
-        state = load_checkpoint_file(Path(checkpoint))
+        state = read_checkpoint(checkpoint)
         if not isinstance(state, dict) or not {"class_names", "model_name", "model", "data_config"} <= set(state):
             raise ValueError(f"{checkpoint} is not a classification training checkpoint (written by `boat-vit train`)")
         class_names = state["class_names"]
         model_kwargs = check_architecture_arguments(state.get("model_kwargs", {}), checkpoint)
         model = create_model(state["model_name"], num_classes=len(class_names), **model_kwargs)
-        state_dict = state["model"]
-        if use_ema:
-            if state.get("ema") is None:
-                raise ValueError(f"{checkpoint} has no EMA weights (the run did not use --ema-decay)")
-            state_dict = {k.removeprefix("module."): v for k, v in state["ema"].items()}
-        model.load_state_dict(state_dict)
+        entry = "ema" if use_ema else "model"
+        if state.get(entry) is None:
+            raise ValueError(f"{checkpoint} has no EMA weights (the run did not use --ema-decay)")
+        state_dict = {k.removeprefix("module."): v for k, v in state[entry].items()}
+        load_state_dict_into(model, state_dict, checkpoint, entry=entry)
         data_config = state["data_config"]
     elif model_name is not None:
         check_model_name(model_name)

@@ -10,12 +10,13 @@ file or value at fault, and exit status 2.
 """
 import argparse
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import NoReturn, Optional, Sequence, Union
 
 from ..engine import NonFiniteLossError
+from ..errors import BoatVitError
 from ..export import ExportMismatchError
 from . import classification, segmentation, tools
-from .options import USAGE_ERROR
+from .options import USAGE_ERROR, flag_spelling
 
 __all__ = ["USAGE_ERROR", "build_parser", "main"]
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(error: BaseException) -> str:
+def _one_line(error: Union[BaseException, str]) -> str:
     return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
@@ -58,6 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
+    except BoatVitError as error:  # worded for Python: name the flags instead of the arguments
+        print(f"{args.prog}: error: {_one_line(error.message(flag_spelling(args)))}", file=sys.stderr)
+        return USAGE_ERROR
     except USER_ERRORS as error:
         print(f"{args.prog}: error: {_one_line(error)}", file=sys.stderr)
         return USAGE_ERROR

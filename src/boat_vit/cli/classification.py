@@ -27,6 +27,11 @@ from .options import (
 
 __all__ = ["add_parsers"]
 
+# Python arguments of the library whose flag has another name (see options.flag_spelling)
+TRAIN_FLAGS = dict(allow_partial="--partial-weights")
+MODEL_SOURCE_FLAGS = dict(model_name="--model", weights="--pretrained-file", use_ema="--ema",
+                          allow_partial="--partial-weights")
+
 
 class _Deprecated(argparse.Action):
     """Stores the value under the new option's name and warns that the spelling is deprecated."""
@@ -148,7 +153,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train a classifier", description=train_module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_arguments(parser)
-    parser.set_defaults(func=_run_train)
+    parser.set_defaults(func=_run_train, flags=TRAIN_FLAGS)
 
     evaluation = subparsers.add_parser("eval", help="top-1/top-5 of a model on a dataset",
                                        description="Reports top-1, top-5 and loss of a model on a dataset "
@@ -158,11 +163,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                                              "or a folder of class sub-folders (default digits)")
     evaluation.add_argument("--batch-size", type=positive_int, default=64, help="images per forward (default 64)")
     evaluation.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (default 2)")
-    evaluation.set_defaults(func=_run_eval)
+    evaluation.set_defaults(func=_run_eval, flags=MODEL_SOURCE_FLAGS)
 
     prediction = subparsers.add_parser("predict", help="top-5 classes of images",
                                        description="Prints the top classes with probabilities for each image.")
     prediction.add_argument("images", nargs="+", help="image files")
     _add_model_source(prediction)
     prediction.add_argument("--top-k", type=positive_int, default=TOP_K, help=f"classes to show (default {TOP_K})")
-    prediction.set_defaults(func=_run_predict)
+    prediction.set_defaults(func=_run_predict, flags=MODEL_SOURCE_FLAGS)

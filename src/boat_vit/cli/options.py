@@ -4,6 +4,7 @@ import json
 from typing import Any, Callable
 
 from ..engine import AMP_DTYPES, RunOptions, default_device
+from ..errors import Argument
 
 __all__ = [
     "add_amp_arguments",
@@ -11,6 +12,7 @@ __all__ = [
     "add_run_arguments",
     "add_threads_argument",
     "USAGE_ERROR",
+    "flag_spelling",
     "json_object",
     "non_negative_int",
     "options_of",
@@ -19,7 +21,24 @@ __all__ = [
 ]
 
 
-COMMAND_KEYS = ("func", "prog")  # what the parser adds besides the options
+COMMAND_KEYS = ("func", "prog", "flags")  # what the parser adds besides the options
+
+
+def flag_spelling(args: argparse.Namespace) -> Callable[[Argument], str]:
+    """How a command spells an argument named in a library error: its flag (``--reset-head``), with the value
+    where it is not a switch (``--resume RUN``).
+
+    A command names the flags whose Python argument has another name in ``set_defaults(flags={...})``.
+    """
+    flags = getattr(args, "flags", {})
+
+    def spell(argument: Argument) -> str:
+        flag = flags.get(argument.name, f"--{argument.name.replace('_', '-')}")
+        if not argument.has_value or argument.value is True:
+            return flag
+        return f"{flag} {argument.value}"
+
+    return spell
 
 
 def options_of(args: argparse.Namespace) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from .options import (
 
 __all__ = ["add_parsers"]
 
+TRAIN_FLAGS = dict(allow_partial="--partial-weights")  # library arguments whose flag has another name
+
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``seg-train`` options; every recipe knob defaults to the preset, then to :class:`SegTrainConfig`."""
@@ -150,7 +152,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("seg-train", help="train UperNet on a BOAT backbone (semantic segmentation)",
                                    description=train_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_arguments(parser)
-    parser.set_defaults(func=_run_train)
+    parser.set_defaults(func=_run_train, flags=TRAIN_FLAGS)
 
     evaluation = subparsers.add_parser(
         "seg-eval", help="mIoU of a segmentation checkpoint on a data set",

@@ -10,12 +10,12 @@ from .. import ablation
 from .. import bench as bench_api
 from .. import export as export_api
 from .. import visualize
-from ..checkpoint import convert_checkpoint
 from ..classification import load_classifier
 from ..classification.data import DigitsDataset
 from ..classification.evaluate import eval_transform_for
 from ..engine import default_device, set_threads
-from ..models import create_model
+from ..models import create_model, weights_filter
+from ..weights import convert_checkpoint
 from .options import (
     add_amp_arguments,
     add_device_argument,
@@ -27,11 +27,15 @@ from .options import (
 
 __all__ = ["add_parsers"]
 
+# Python arguments of the library whose flag has another name (see options.flag_spelling)
+MODEL_SOURCE_FLAGS = dict(model_name="--model", weights="--pretrained-file", use_ema="--ema")
+
 
 def _run_convert(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model = create_model(args.model, **args.model_args)
-    written = convert_checkpoint(args.input, args.output, model, key=args.key, overwrite=args.overwrite,
+    written = convert_checkpoint(args.input, args.output, model, weights_filter(model), key=args.key,
+                                 overwrite=args.overwrite,
                                  metadata={"model": args.model, "model_args": json.dumps(args.model_args,
                                                                                           sort_keys=True)})
     source = f"entry {written['source_key']!r}" if written["source_key"] else "the whole file"
@@ -178,7 +182,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
         help=f"largest accepted |exported - eager| of the logits on the check inputs (default "
              f"{export_api.DEFAULT_TOLERANCE:g}); above it the command fails")
     add_threads_argument(parser)
-    parser.set_defaults(func=_run_export)
+    parser.set_defaults(func=_run_export, flags=MODEL_SOURCE_FLAGS)
 
 
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
@@ -238,7 +242,7 @@ def _add_show_clusters(subparsers: argparse._SubParsersAction) -> None:
     add("--panel-width", type=int, default=visualize.DEFAULT_PANEL_WIDTH,
         help=f"pixels per panel (default {visualize.DEFAULT_PANEL_WIDTH})")
     add("--seed", type=int, default=0, help="seed of random weights (default 0)")
-    parser.set_defaults(func=_run_show_clusters)
+    parser.set_defaults(func=_run_show_clusters, flags=MODEL_SOURCE_FLAGS)
 
 
 def _run_ablate(args: argparse.Namespace) -> int:

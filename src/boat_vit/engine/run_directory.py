@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..checkpoint import TEMPORARY_SUFFIX, atomic_write, load_checkpoint_file
+from ..files import TEMPORARY_SUFFIX, atomic_write, read_checkpoint
 
 __all__ = ["Panels", "RunDirectory", "RunDirectoryError", "load_resume_checkpoint"]
 
@@ -45,7 +45,7 @@ def load_resume_checkpoint(path: Path) -> dict:
         ValueError: the file is not a training checkpoint.
     """
     path = Path(path)
-    state = load_checkpoint_file(path / LAST_CHECKPOINT if path.is_dir() else path)
+    state = read_checkpoint(path / LAST_CHECKPOINT if path.is_dir() else path)
     if not isinstance(state, dict) or "config" not in state or "metrics" not in state:
         raise ValueError(f"{path} is not a training checkpoint (last.pth or best.pth of a boat-vit run)")
     return state
@@ -117,7 +117,7 @@ class RunDirectory:
         return self.root / BEST_CHECKPOINT
 
     def _write(self, path: Path, write, mode: str = "wb") -> Path:
-        """:func:`~boat_vit.checkpoint.atomic_write` with a one-line error naming the run directory."""
+        """:func:`~boat_vit.files.atomic_write` with a one-line error naming the run directory."""
         try:
             return atomic_write(path, write, mode)
         except OSError as error:

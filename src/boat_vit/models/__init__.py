@@ -1,13 +1,25 @@
-"""BOAT model families, registered with timm on import, and model creation by name with a clear error."""
+"""BOAT model families, registered with timm on import; model creation by name with a clear error, and the
+conversion of weights files to a model's layout."""
 import difflib
+import importlib
 from typing import Any, Mapping, Optional
 
 import timm
 import torch.nn as nn
 
-from . import boat_cswin, boat_swin  # noqa: F401  (registers the models)
+from ..weights import FilterFn
+from . import boat_cswin, boat_swin
+from .boat_cswin import BoatCSWin
+from .boat_swin import BoatSwinTransformer
 
-__all__ = ["ARCHITECTURE_ARGUMENTS", "check_architecture_arguments", "check_model_name", "create_model"]
+__all__ = ["ARCHITECTURE_ARGUMENTS", "check_architecture_arguments", "check_model_name", "create_model",
+           "weights_filter"]
+
+# The one conversion of each family: its filter function (timm's convention).
+FAMILY_FILTERS: tuple[tuple[type, FilterFn], ...] = (
+    (BoatSwinTransformer, boat_swin.checkpoint_filter_fn),
+    (BoatCSWin, boat_cswin.checkpoint_filter_fn),
+)
 
 SUGGESTIONS = 5  # close model names offered for an unknown one
 CLOSE_ENOUGH = 0.5  # difflib similarity of a suggestion
@@ -67,3 +79,20 @@ def create_model(name: str, img_size: Optional[int] = None, **kwargs: Any) -> nn
         return timm.create_model(name, **kwargs)
     except TypeError as error:  # an argument the model's constructor does not take
         raise ValueError(f"cannot build {name} with {kwargs}: {error}") from None
+
+
+def weights_filter(model: nn.Module) -> Optional[FilterFn]:
+    """The filter function that converts weights files to ``model``'s layout, for
+    :func:`~boat_vit.weights.load_weights`.
+
+    A BOAT model's family filter; for another timm model the ``checkpoint_filter_fn`` of the module that
+    registers its architecture (its pretrained config's), where it has one; ``None`` otherwise.
+    """
+    for family, filter_fn in FAMILY_FILTERS:
+        if isinstance(model, family):
+            return filter_fn
+    architecture = getattr(model, "pretrained_cfg", {}).get("architecture")
+    if not architecture or not timm.is_model(architecture):
+        return None
+    module = importlib.import_module(timm.models.model_entrypoint(architecture).__module__)
+    return getattr(module, "checkpoint_filter_fn", None)

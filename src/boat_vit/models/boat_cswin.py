@@ -41,13 +41,17 @@ compiles the models, which then run at any batch and size with results identical
 Weights
 -------
 The released checkpoints (github.com/mahaoyuHKU/pytorch-boat) live on an external host; load a local copy
-with ``timm.create_model("boat_cswin_tiny_224", pretrained=True, pretrained_cfg_overlay=dict(file=PATH))``.
-:func:`checkpoint_filter_fn` maps the released key layout to this one; plain Microsoft CSWin checkpoints
-load too, with the FSLA branches freshly initialised and listed in a warning.
+with ``timm.create_model("boat_cswin_tiny_224", pretrained=True, pretrained_cfg_overlay=dict(file=PATH))`` or
+:func:`boat_vit.weights.load_weights`. :func:`checkpoint_filter_fn`, the one conversion of this family, maps
+the released key layout to this one; plain Microsoft CSWin checkpoints load too, with the FSLA branches freshly
+initialised and listed in a warning. A file must give at least half of the model's weights (the classifier
+aside); ``pretrained_strict=False`` accepts less. ``checkpoint_path=`` takes files in this model's own layout
+(``boat-vit convert`` writes them).
 """
 import logging
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -66,9 +70,9 @@ from timm.layers import (
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from ..checkpoint import fill_missing_from_model, register_layout_conversion, select_state_dict
 from ..clustering import _format_shape
 from ..layers import FeatureSpaceLocalAttention
+from ..weights import checked_filter, fill_missing_from_model
 from ._metadata import BOAT_PAPER_CFG
 from ._stages import per_stage, stage_indices
 
@@ -78,7 +82,6 @@ __all__ = [
     "ConvStem",
     "CrossShapedAttention",
     "checkpoint_filter_fn",
-    "is_released_layout",
     "stripe_attention",
 ]
 
@@ -410,7 +413,8 @@ class BoatCSWin(nn.Module):
         split_size: Stripe width per stage (int or one per stage). The last stage attends over its whole map.
         mlp_ratio: MLP hidden width over channels.
         qkv_bias: Bias of the qkv projections (stripe attention and FSLA).
-        fsla: FSLA on/off, for all stages or one flag per stage; ``False`` gives a plain CSWin.
+        fsla_stages: Which stages get FSLA in their even blocks: one flag for all, or one per stage. ``False``
+            gives a plain CSWin.
         fsla_qk_scale: FSLA logit scale; the released models use 1.0, ``None`` means ``head_dim ** -0.5``.
         fsla_grouping: How FSLA groups tokens: ``'content'`` (BOAT, the default), or the ablation controls
             ``'random'`` (same group layout, tokens assigned at random) and ``'global'`` (one group of all
@@ -422,6 +426,7 @@ class BoatCSWin(nn.Module):
         drop_path_rate: Stochastic depth, rising linearly over all blocks to this rate.
         norm_layer: Normalization layer.
         strict_img_size: Require inputs of exactly ``img_size``.
+        fsla: Deprecated spelling of ``fsla_stages``.
     """
 
     def __init__(
@@ -436,7 +441,7 @@ class BoatCSWin(nn.Module):
         split_size: Union[int, Sequence[int]] = (1, 2, 7, 7),
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
-        fsla: _BoolOrBools = True,
+        fsla_stages: _BoolOrBools = True,
         fsla_qk_scale: Optional[float] = RELEASED_FSLA_SCALE,
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
@@ -445,17 +450,22 @@ class BoatCSWin(nn.Module):
         norm_layer: type = nn.LayerNorm,
         strict_img_size: bool = False,
         fsla_grouping: str = "content",
+        fsla: Optional[_BoolOrBools] = None,
         device=None,
         dtype=None,
     ):
         super().__init__()
+        if fsla is not None:
+            warnings.warn("BoatCSWin(fsla=...) is deprecated; use fsla_stages=..., as BOAT-Swin does",
+                          FutureWarning, stacklevel=2)
+            fsla_stages = fsla
         dd = dict(device=device, dtype=dtype)
         num_stages = len(depths)
         if num_stages < 1:
             raise ValueError("depths must name at least one stage")
         num_heads = per_stage(num_heads, num_stages, "num_heads")
         split_size = per_stage(split_size, num_stages, "split_size")
-        fsla = per_stage(fsla, num_stages, "fsla")
+        fsla_stages = per_stage(fsla_stages, num_stages, "fsla_stages")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -463,7 +473,7 @@ class BoatCSWin(nn.Module):
         self.strict_img_size = strict_img_size
         self.output_fmt = "NCHW"
         self.embed_dim = embed_dim
-        self.fsla_stages = tuple(bool(f) for f in fsla)
+        self.fsla_stages = tuple(bool(f) for f in fsla_stages)
         dims = [embed_dim * 2**i for i in range(num_stages)]
         self.num_features = self.head_hidden_size = dims[-1]
 
@@ -500,8 +510,6 @@ class BoatCSWin(nn.Module):
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NCHW", **dd
         )
         self.apply(self._init_weights)
-        # `create_model(..., checkpoint_path=released.pth)` and `load_state_dict` accept the released layout
-        register_layout_conversion(self, checkpoint_filter_fn, is_released_layout)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -652,7 +660,6 @@ _BLOCK_RULES = (
     (re.compile(r"\.blocks\.(\d+)\.content_attn\."), r".blocks.\1.fsla."),
     (re.compile(r"\.blocks\.(\d+)\.norm3\."), r".blocks.\1.norm_fsla."),
 )
-_RELEASED_KEY = re.compile(r"^(stage1_conv_embed|stage\d+|merge\d+)\.|^head\.(weight|bias)$")
 _FSLA_KEY = re.compile(r"\.blocks\.\d+\.(fsla|norm_fsla)\.")
 
 
@@ -667,16 +674,9 @@ def _rename_released(key: str) -> str:
     return key
 
 
-def is_released_layout(state_dict: Mapping[str, Any]) -> bool:
-    """Whether a state dict is in the released BOAT-CSWin / Microsoft CSWin layout rather than this model's."""
-    return any(_RELEASED_KEY.search(k) or ".content_attn." in k for k in state_dict)
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Converts released BOAT-CSWin / Microsoft CSWin weights to this model's layout.
 
-    Accepts a state dict or a whole checkpoint dict (weights picked by
-    :func:`boat_vit.checkpoint.select_state_dict`: ``state_dict_ema`` before ``state_dict``, as timm).
     Released keys (``stage1_conv_embed.*``, ``stage{i}.{j}.*``, ``merge{i}.*``, ``attns.{b}.get_v.*``,
     ``content_attn.*``, ``norm3.*``, ``norm.*``, ``head.*``) are renamed; keys already in this layout pass
     through. Derived buffers are dropped. FSLA weights that the checkpoint lacks altogether (a plain CSWin
@@ -684,7 +684,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     has no place for (FSLA turned off) are dropped with a warning. Every other mismatch is left to
     ``load_state_dict``.
     """
-    state_dict, _ = select_state_dict(state_dict)
     out: Dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS:
@@ -706,11 +705,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 
 def _create_boat_cswin(variant: str, pretrained: bool = False, **kwargs) -> BoatCSWin:
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (1, 2, 21, 1))))))
+    allow_partial = not kwargs.get("pretrained_strict", True)  # timm's switch for a partial pretrained load
     return build_model_with_cfg(
         BoatCSWin,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=checked_filter(checkpoint_filter_fn, allow_partial),
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
     )

@@ -30,12 +30,13 @@ PyTorch, any batch, and any size with ``dynamic_img_size=True``); ``torch.export
 
 Weights: the released checkpoints (github.com/mahaoyuHKU/pytorch-boat) live on an external host. Load a
 local copy with ``timm.create_model("boat_swin_tiny_patch4_window7_224", pretrained=True,
-pretrained_cfg_overlay=dict(file=PATH))``; :func:`checkpoint_filter_fn` maps the released (Microsoft Swin)
-layout to this one. Plain Microsoft/timm Swin checkpoints load too, with the FSLA branches freshly
-initialised and listed in a warning. ``model.load_state_dict`` (and so ``checkpoint_path=``) also accepts
-the released layout.
+pretrained_cfg_overlay=dict(file=PATH))`` or :func:`boat_vit.weights.load_weights`; :func:`checkpoint_filter_fn`,
+the one conversion of this family, maps the released (Microsoft Swin) layout to this one. Plain Microsoft/timm
+Swin checkpoints load too, with the FSLA branches freshly initialised and listed in a warning. A file must give
+at least half of the model's weights (the classifier aside); ``pretrained_strict=False`` accepts less.
+``checkpoint_path=`` takes files in this model's own layout (``boat-vit convert`` writes them).
 """
-from typing import Any, Dict, Mapping, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -45,9 +46,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models import swin_transformer as timm_swin
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, SwinTransformerStage
 
-from ..checkpoint import fill_missing_from_model, register_layout_conversion, select_state_dict
 from ..clustering import DEFAULT_GROUP_SIZE
 from ..layers import DEFAULT_OVERLAP, FeatureSpaceLocalAttention
+from ..weights import checked_filter, fill_missing_from_model
 from ._metadata import BOAT_PAPER_CFG
 from ._stages import per_stage
 
@@ -56,17 +57,12 @@ __all__ = [
     "BoatSwinTransformerBlock",
     "BoatSwinTransformerStage",
     "checkpoint_filter_fn",
-    "is_released_layout",
 ]
 
 _int_or_tuple_2_t = Union[int, Tuple[int, int]]
 
 # released module names -> ours (the FSLA branch of a block and its pre-norm)
 _RELEASED_MODULE_NAMES: Dict[str, str] = {"attnC": "fsla", "norm4": "norm_fsla"}
-# buffers the released checkpoints store although they are derived from the configuration
-_DERIVED_BUFFERS: Tuple[str, ...] = ("relative_position_index", "attn_mask")
-# a key only the Microsoft layout has: it downsamples at the end of a stage (timm: at the start of the next)
-_MICROSOFT_LAYOUT_MARKER = "layers.0.downsample."
 
 
 class BoatSwinTransformerBlock(SwinTransformerBlock):
@@ -372,21 +368,10 @@ class BoatSwinTransformer(SwinTransformer):
         self.weight_init_mode = "reset" if weight_init == "skip" else weight_init
         if weight_init != "skip":
             self.init_weights(needs_reset=False)
-        register_layout_conversion(self, checkpoint_filter_fn, is_released_layout)
 
 
 def _is_fsla_key(key: str) -> bool:
     return ".fsla." in key or ".norm_fsla." in key
-
-
-def is_released_layout(state_dict: Mapping[str, Any]) -> bool:
-    """Whether a state dict is in the released / Microsoft Swin layout rather than this model's."""
-    return any(
-        k.startswith(_MICROSOFT_LAYOUT_MARKER)
-        or k.endswith(_DERIVED_BUFFERS)
-        or any(f".{name}." in k for name in _RELEASED_MODULE_NAMES)
-        for k in state_dict
-    )
 
 
 def _rename_released(key: str) -> str:
@@ -399,13 +384,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: BoatSwinTransformer)
     """Converts a BOAT-Swin or Swin checkpoint to this model's layout.
 
     Takes the released layout (Microsoft Swin keys plus ``attnC.*`` / ``norm4.*``), plain Microsoft Swin
-    checkpoints and timm Swin ones, whole training checkpoints (``{'model': ...}``) or state dicts. timm's
-    Swin filter does the Microsoft -> timm part (downsample moved to the next stage, ``head.`` ->
+    state dicts and timm Swin ones (keys already in this layout pass through). timm's Swin filter does the
+    Microsoft -> timm part (downsample moved to the next stage, ``head.`` ->
     ``head.fc.``, derived buffers dropped, relative position tables and patch embedding resized to the
     model). FSLA weights missing altogether (a plain Swin checkpoint) keep the model's fresh initialisation,
     listed in a warning.
     """
-    state_dict, _ = select_state_dict(state_dict)
     out = timm_swin.checkpoint_filter_fn({_rename_released(k): v for k, v in state_dict.items()}, model)
     fill_missing_from_model(out, model, _is_fsla_key, "FSLA")
     return out
@@ -413,11 +397,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: BoatSwinTransformer)
 
 def _create_boat_swin(variant: str, pretrained: bool = False, **kwargs: Any) -> BoatSwinTransformer:
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (2, 2, 6, 2))))))
+    allow_partial = not kwargs.get("pretrained_strict", True)  # timm's switch for a partial pretrained load
     return build_model_with_cfg(
         BoatSwinTransformer,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=checked_filter(checkpoint_filter_fn, allow_partial),
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
     )

@@ -17,15 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import (
-    WeightsReport,
-    check_enough_loaded,
-    filter_state_dict,
-    load_checkpoint_file,
-    load_state_dict_file,
-)
+from ..files import read_checkpoint
 from ..images import palette
-from ..models import check_architecture_arguments, check_model_name
+from ..models import check_architecture_arguments, check_model_name, weights_filter
+from ..weights import StateDict, WeightsReport, load_state_dict_into, load_weights
 from .data import DatasetSpec, EvalTransform
 
 __all__ = ["AuxiliaryHead", "BoatUPerNet", "Segmenter", "load_backbone_weights",
@@ -130,6 +125,29 @@ class BoatUPerNet(nn.Module):
                 return theirs + key[len(ours):]
         return key
 
+    def backbone_filter(self, state_dict: StateDict, backbone: nn.Module) -> StateDict:
+        """A weights file's state dict in the backbone's layout: the ``filter_fn`` of
+        :func:`~boat_vit.weights.load_weights` for :attr:`backbone`.
+
+        The backbone family's filter converts it as for the classifier; keys are then renamed to the feature
+        wrapper's (``layers.0.x`` -> ``layers_0.x``). The classifier's head and final norm keep their names
+        and stay unused.
+        """
+        reference = self.reference_backbone()
+        filter_fn = weights_filter(reference)
+        if filter_fn is not None:
+            state_dict = filter_fn(state_dict, reference)
+        to_features = {theirs: ours for ours, theirs in self._renames.items()}
+        renamed = {}
+        for key, tensor in state_dict.items():
+            prefix = next((p for p in to_features if key.startswith(p)), None)
+            renamed[to_features[prefix] + key[len(prefix):] if prefix else key] = tensor
+        return renamed
+
+    def backbone_part(self) -> dict[str, Any]:
+        """How a checkpoint of this model holds its backbone (:data:`~boat_vit.weights.BACKBONE_PART`)."""
+        return dict(task="segmentation", prefix=ENCODER_PREFIX, renames=dict(self._renames))
+
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Backbone parameters the classifier exempts from weight decay, under this model's names."""
@@ -158,46 +176,25 @@ class BoatUPerNet(nn.Module):
 def load_backbone_weights(
     model: BoatUPerNet, path: Union[str, Path], entry: Optional[str] = None, allow_partial: bool = False
 ) -> WeightsReport:
-    """Initialises ``model``'s backbone from a classification checkpoint of the same architecture.
+    """Initialises ``model``'s backbone from a weights file of the backbone's architecture.
 
-    Takes a boat-vit training checkpoint (``best.pth`` / ``last.pth``), a converted safetensors file or
-    released weights as downloaded: the file is read safely (no pickled code runs) and converted by the
-    backbone's ``checkpoint_filter_fn``, as ``timm.create_model(..., pretrained=True,
-    pretrained_cfg_overlay=dict(file=path))`` would. The classifier head and final norm are unused.
+    Takes a boat-vit classification checkpoint (``best.pth`` / ``last.pth``), the backbone part of a
+    segmentation one, a converted safetensors file or released weights as downloaded, through
+    :func:`~boat_vit.weights.load_weights` with :meth:`BoatUPerNet.backbone_filter`. The classifier's head
+    and final norm are unused.
 
     Args:
         model: The segmenter.
-        path: The checkpoint file.
-        entry: Which entry of a training checkpoint holds the weights (default: EMA weights first, as timm).
+        path: The weights file.
+        entry: Which entry of the file holds the weights (default: EMA weights first, as timm).
         allow_partial: Accept a file that gives less than half of the backbone's weights.
 
     Raises:
-        ValueError: a tensor of the checkpoint has another shape than the backbone's (another model size), or
-            the file gives too little of the backbone without ``allow_partial``.
+        WeightsMismatchError: a tensor of the file has another shape than the backbone's (another model size),
+            or the file gives too little of the backbone without ``allow_partial``.
     """
-    state, used = load_state_dict_file(path, entry)
-    state = filter_state_dict(state, model.reference_backbone())
-    own = model.backbone.state_dict()
-    report = WeightsReport(path=str(path), entry=used)
-    wanted = {}
-    for key, tensor in own.items():
-        name = model.backbone_key(key)
-        if name not in state:
-            report.initial.append(name)
-            continue
-        if state[name].shape != tensor.shape:
-            raise ValueError(
-                f"{path} does not fit backbone {model.backbone_name}: {name} has shape "
-                f"{tuple(state[name].shape)} in the checkpoint, {tuple(tensor.shape)} in the model "
-                "(another model size or configuration?)"
-            )
-        wanted[key] = state[name]
-        report.loaded.append(name)
-    taken = set(report.loaded)
-    report.unused = [k for k in state if k not in taken]
-    check_enough_loaded(own, wanted, set(), path, model.backbone_name, allow_partial)
-    model.backbone.load_state_dict(wanted, strict=False)
-    return report
+    return load_weights(model.backbone, path, model.backbone_filter, key=entry, allow_partial=allow_partial,
+                        backbone=True)
 
 
 SEGMENTER_ARGUMENTS = ("backbone", "num_classes", "backbone_kwargs", "decoder_channels", "aux_channels",
@@ -227,11 +224,11 @@ class Segmenter:
 
 def load_segmenter(checkpoint: str, device: torch.device = torch.device("cpu")) -> Segmenter:
     """The segmenter of a ``seg-train`` checkpoint (``best.pth`` / ``last.pth``), in eval mode."""
-    state = load_checkpoint_file(Path(checkpoint))
+    state = read_checkpoint(checkpoint)
     if not isinstance(state, dict) or "segmenter" not in state:
         raise ValueError(f"{checkpoint} is not a segmentation checkpoint (written by `boat-vit seg-train`)")
     model = BoatUPerNet(**_segmenter_arguments(state["segmenter"], checkpoint))
-    model.load_state_dict(state["model"])
+    load_state_dict_into(model, state["model"], checkpoint, entry="model")
     spec = DatasetSpec(**state["spec"])
     data = state["data"]
     return Segmenter(model.to(device).eval(), spec, EvalTransform(data["mean"], data["std"], data["test_scale"]))

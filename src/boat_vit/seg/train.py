@@ -323,7 +323,8 @@ def train_segmentation(config: SegTrainConfig) -> dict:
                             dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                  scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), iteration=iteration,
                                  best=best, metrics=rows, running=folded, config=dataclasses.asdict(config),
-                                 segmenter=segmenter_args, spec=dataclasses.asdict(spec),
+                                 segmenter=segmenter_args, backbone_part=model.backbone_part(),
+                                 spec=dataclasses.asdict(spec),
                                  data=dict(mean=mean, std=std, test_scale=test_scale)),
                             is_best,
                         )

@@ -1,7 +1,9 @@
-"""Safe loading of checkpoint files (boat_vit.checkpoint): released formats, key choice, refusal of code."""
+"""Safe reading of checkpoint files (boat_vit.files, boat_vit.weights): released formats, key choice, refusal of
+code."""
 import argparse
 import logging
 import os
+import stat
 import sys
 import types
 from collections import OrderedDict
@@ -12,16 +14,9 @@ import torch
 import torch.nn as nn
 
 import boat_vit.models.boat_swin  # noqa: F401  (registers the models)
-from boat_vit.checkpoint import (
-    STATE_DICT_KEYS,
-    CheckpointError,
-    UnsafeCheckpointError,
-    fill_missing_from_model,
-    load_checkpoint_file,
-    load_state_dict_file,
-    register_layout_conversion,
-    select_state_dict,
-)
+from boat_vit.errors import CheckpointError, UnsafeCheckpointError
+from boat_vit.files import atomic_write, read_checkpoint, save_safetensors, save_torch, write_text
+from boat_vit.weights import STATE_DICT_KEYS, fill_missing_from_model, read_state_dict, select_state_dict
 
 MINI_SWIN = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), img_size=112, num_classes=10)
 
@@ -57,7 +52,7 @@ def test_yacs_config_loads_as_plain_data(tmp_path, yacs_cfg_node):
     # loading must not need (or import) yacs
     del sys.modules["yacs.config"], sys.modules["yacs"]
 
-    checkpoint = load_checkpoint_file(path)
+    checkpoint = read_checkpoint(path)
 
     assert "yacs" not in sys.modules
     assert type(checkpoint["config"]) is OrderedDict
@@ -75,11 +70,11 @@ def test_cswin_style_file_with_namespace_args(tmp_path):
     args = argparse.Namespace(model="CSWin_64_12211_tiny_224", lr=2e-3, model_ema_decay=0.99984)
     torch.save({"epoch": 309, "arch": args.model, "state_dict": raw, "state_dict_ema": ema, "args": args}, path)
 
-    checkpoint = load_checkpoint_file(path)
+    checkpoint = read_checkpoint(path)
     assert checkpoint["args"].model_ema_decay == 0.99984
 
-    default, default_key = load_state_dict_file(path)
-    chosen, chosen_key = load_state_dict_file(path, key="state_dict")
+    default, default_key = read_state_dict(path)
+    chosen, chosen_key = read_state_dict(path, key="state_dict")
     assert (default_key, chosen_key) == ("state_dict_ema", "state_dict")
     assert torch.equal(default["bias"], ema["bias"]) and torch.equal(chosen["bias"], raw["bias"])
 
@@ -89,15 +84,15 @@ def test_namespace_still_loads_after_a_timm_load(tmp_path):
     path = tmp_path / "cswin_style.pth.tar"
     torch.save({"state_dict": _tiny_state_dict(), "args": argparse.Namespace(lr=1e-3)}, path)
     timm.models.load_state_dict(str(path))
-    assert load_checkpoint_file(path)["args"].lr == 1e-3
+    assert read_checkpoint(path)["args"].lr == 1e-3
 
 
 def test_key_preference_matches_timm_and_reports_the_choice(tmp_path, caplog):
     assert STATE_DICT_KEYS[0] == "state_dict_ema"  # timm's loader prefers EMA weights too
     path = tmp_path / "both.pth"
     torch.save({"state_dict": _tiny_state_dict(), "state_dict_ema": None}, path)  # timm saver without EMA
-    with caplog.at_level(logging.INFO, logger="boat_vit.checkpoint"):
-        _, key = load_state_dict_file(path)
+    with caplog.at_level(logging.INFO, logger="boat_vit.weights"):
+        _, key = read_state_dict(path)
     assert key == "state_dict"
     assert f"under 'state_dict' of {path}" in caplog.text
 
@@ -132,7 +127,7 @@ def test_malicious_pickle_is_refused_not_run(tmp_path):
     torch.save({"model": _tiny_state_dict(), "config": _Payload(marker)}, path)
 
     with pytest.raises(UnsafeCheckpointError, match=r"refusing to load .*evil\.pth: its pickle needs posix\.system"):
-        load_checkpoint_file(path)
+        read_checkpoint(path)
     with pytest.raises(RuntimeError, match="blocked loading this checkpoint"):  # timm's own loader, same rules
         timm.create_model(
             "boat_swin_tiny_patch4_window7_224", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **MINI_SWIN
@@ -147,17 +142,17 @@ class _UnknownConfig:
 def test_unknown_class_is_refused(tmp_path):
     path = tmp_path / "custom.pth"
     torch.save({"model": _tiny_state_dict(), "config": _UnknownConfig()}, path)
-    with pytest.raises(UnsafeCheckpointError, match=r"needs test_checkpoint\._UnknownConfig"):
-        load_checkpoint_file(path)
+    with pytest.raises(UnsafeCheckpointError, match=r"needs test_files\._UnknownConfig"):
+        read_checkpoint(path)
 
 
 def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint file not found: .*nothing.pth"):
-        load_checkpoint_file(tmp_path / "nothing.pth")
+        read_checkpoint(tmp_path / "nothing.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read .*garbage.pth as a checkpoint"):
-        load_checkpoint_file(garbage)
+        read_checkpoint(garbage)
 
 
 def test_fill_missing_from_model_only_for_an_absent_branch(caplog):
@@ -175,15 +170,47 @@ def test_fill_missing_from_model_only_for_an_absent_branch(caplog):
     assert "1.bias" not in some
 
 
-def test_layout_conversion_hook_respects_module_prefix():
-    inner = nn.Linear(3, 2)
-    register_layout_conversion(
-        inner,
-        filter_fn=lambda sd, model: {k.replace("w", "weight").replace("b", "bias"): v for k, v in sd.items()},
-        is_foreign=lambda sd: "w" in sd,
-    )
-    outer = nn.Sequential(nn.Identity(), inner)
-    foreign = {"1.w": torch.full((2, 3), 2.0), "1.b": torch.full((2,), 3.0)}
-    outer.load_state_dict(foreign)  # strict, converted by the hook
-    assert torch.equal(inner.weight, foreign["1.w"]) and torch.equal(inner.bias, foreign["1.b"])
-    outer.load_state_dict(outer.state_dict())  # own layout: unchanged
+@pytest.mark.parametrize("content", [os.urandom(4096), b"\x80\x02" + bytes(range(256)) * 4],
+                         ids=["random bytes", "pickle protocol mark, then garbage"])
+def test_random_bytes_are_an_unreadable_file_not_an_unsafe_pickle(tmp_path, content):
+    path = tmp_path / "noise.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"cannot read .*noise\.pth as a checkpoint: not a torch.save") as caught:
+        read_checkpoint(path)
+    assert not isinstance(caught.value, UnsafeCheckpointError)
+
+
+def test_legacy_format_pickle_naming_code_is_unsafe(tmp_path):
+    path, marker = tmp_path / "evil_legacy.pth", tmp_path / "pwned"
+    torch.save({"config": _Payload(marker)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match=r"its pickle needs posix\.system"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+# ---- writing ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_gives_new_files_the_umask_permissions(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        written = [atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x")), write_text(tmp_path / "b.txt", "x"),
+                   save_torch({"x": torch.ones(1)}, tmp_path / "c.pth")]
+    finally:
+        os.umask(previous)
+    assert [stat.S_IMODE(path.stat().st_mode) for path in written] == [mode] * 3
+
+
+def test_atomic_write_errors_name_the_file_not_the_temporary_one(tmp_path):
+    target = tmp_path / "out.safetensors"
+    target.mkdir()
+    (target / "keep").write_text("a folder in the way")  # the rename over it fails
+    with pytest.raises(OSError) as caught:
+        save_safetensors({"x": torch.ones(2)}, target)
+    assert str(target) in str(caught.value) and ".tmp" not in str(caught.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]  # no temporary file left
+
+    with pytest.raises(OSError) as caught:
+        write_text(tmp_path / "missing" / "out.json", "{}")
+    assert str(tmp_path / "missing" / "out.json") in str(caught.value) and ".tmp" not in str(caught.value)
