@@ -46,7 +46,7 @@ DETECTORS = {  # name -> (backbone, keyword arguments, name of its FSLA-off twin
     "BOAT-Swin-T": ("boat_swin_tiny_patch4_window7_224", {}, "Swin-T (timm)"),
     "Swin-T (timm)": ("swin_tiny_patch4_window7_224", {}, None),
     "BOAT-CSWin-T": ("boat_cswin_tiny_224", {}, "CSWin-T (FSLA off)"),
-    "CSWin-T (FSLA off)": ("boat_cswin_tiny_224", dict(fsla=False), None),
+    "CSWin-T (FSLA off)": ("boat_cswin_tiny_224", dict(fsla_stages=False), None),
 }
 NUM_CLASSES = 80  # COCO
 NUM_OBJECTS = 10  # training targets per image

@@ -12,8 +12,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from boat_vit.det import CocoDetection, create_detector, evaluate_detection, predict_images
+from boat_vit.det.model import load_backbone_weights
 from boat_vit.det.data import (
-    AnnotationError, CategoryMap, CocoSplit, DataError, TrainTransform, check_images, decode_mask, mask_problem,
+    AnnotationError, CategoryMap, CocoSplit, SampleProblem, TrainTransform, check_images, decode_mask, mask_problem,
     read_coco_json, resolve_coco_split, scaled_size,
 )
 from boat_vit.det.evaluate import coco_scores, to_coco_results
@@ -107,16 +108,74 @@ def test_the_pyramid_has_strides_4_to_64_and_the_backbones_own_normalisation():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: create_detector(SWIN, 2, kind="retina"), "unknown detector kind 'retina'"),
-    (lambda: create_detector("vit_tiny_patch16_224", 2), "vit_tiny_patch16_224 has feature maps at strides [16"),
+    (lambda: create_detector(SWIN, 2, kind="retina"), "unknown detector kind='retina'"),
+    (lambda: create_detector("vit_tiny_patch16_224", 2), "backbone='vit_tiny_patch16_224' has feature maps at strides [16"),
     (lambda: create_detector("boat_swin_tiny", 2), "unknown model 'boat_swin_tiny'"),
-    (lambda: create_detector(SWIN, 2, window=3), "cannot build backbone boat_swin_tiny_patch4_window7_224"),
+    (lambda: create_detector(SWIN, 2, window=3), "cannot build backbone='boat_swin_tiny_patch4_window7_224'"),
     (lambda: create_detector(SWIN, 0), "num_classes must be at least 1"),
 ])
 def test_bad_detector_arguments_are_named(call, message):
     with pytest.raises(ValueError, match=None) as error:
         call()
     assert message in str(error.value)
+
+
+def test_backbone_weights_load_through_the_one_loader(tmp_path):
+    from safetensors.torch import save_file
+
+    classifier = timm.create_model(SWIN, num_classes=10, **TINY_SWIN)
+    weights = classifier.state_dict()
+    torch.save(dict(model=weights, epoch=3), tmp_path / "best.pth")  # a boat-vit classification checkpoint
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / "converted.safetensors")
+    for name, entry in (("best.pth", "model"), ("converted.safetensors", "")):
+        detector = create_detector(SWIN, 3, **TINY_HEADS, **TINY_SWIN)
+        report = load_backbone_weights(detector, tmp_path / name)
+        assert report.entry == entry and not report.initial
+        assert sorted(report.unused) == ["head.fc.bias", "head.fc.weight", "norm.bias", "norm.weight"]
+        assert len(report.loaded) == len(detector.backbone.body.state_dict())
+        torch.testing.assert_close(detector.backbone.body.state_dict()["layers_2.blocks.1.fsla.qkv.weight"],
+                                   weights["layers.2.blocks.1.fsla.qkv.weight"], rtol=0, atol=0)
+
+    plain_swin = {k: v for k, v in weights.items() if "fsla" not in k}  # a Swin file: FSLA stays initial
+    torch.save(plain_swin, tmp_path / "swin.pth")
+    detector = create_detector(SWIN, 3, **TINY_HEADS, **TINY_SWIN)
+    fresh = detector.backbone.body.state_dict()["layers_0.blocks.1.fsla.proj.weight"].clone()
+    report = load_backbone_weights(detector, tmp_path / "swin.pth")
+    assert len(report.initial) == 24 and all("fsla" in key for key in report.initial)
+    torch.testing.assert_close(detector.backbone.body.state_dict()["layers_0.blocks.1.fsla.proj.weight"], fresh)
+
+    wider = create_detector(SWIN, 3, **TINY_HEADS, **dict(TINY_SWIN, embed_dim=32))
+    with pytest.raises(ValueError, match=r"patch_embed.proj.weight: \(16, 3, 4, 4\) in the file, \(32, 3, 4, 4\)"):
+        load_backbone_weights(wider, tmp_path / "best.pth")
+
+
+@pytest.mark.parametrize("stem, backbone, kwargs", [
+    ("boat_swin_mini", SWIN, dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))),
+    ("boat_cswin_mini", CSWIN, dict(embed_dim=32, depths=(1, 2, 2, 1), num_heads=(2, 4, 8, 16))),
+])
+def test_released_weights_give_the_backbone_timms_features(reference, tmp_path, stem, backbone, kwargs):
+    path = tmp_path / "released.pth"
+    torch.save(reference(stem)["state_dict"], path)  # released (Microsoft / CSWin) key layout
+    detector = create_detector(backbone, 3, **TINY_HEADS, **kwargs).eval()
+    report = load_backbone_weights(detector, path)
+    assert not report.initial and len(report.loaded) == len(detector.backbone.body.state_dict())
+    any_size = dict(dynamic_img_size=True) if backbone == SWIN else {}
+    classifier = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                                   num_classes=10, **any_size, **kwargs).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        expected = classifier.forward_intermediates(x, intermediates_only=True)
+        features = detector.backbone.body(x)
+    for ours, theirs in zip(features, expected, strict=True):
+        ours = ours.permute(0, 3, 1, 2) if detector.backbone.channels_last_output else ours
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_weight_decay_exemptions_follow_the_backbone():
+    detector = create_detector(SWIN, 3, **TINY_HEADS, **TINY_SWIN)
+    exempt = detector.backbone.no_weight_decay_names
+    assert exempt and all("relative_position_bias_table" in name for name in exempt)
+    assert all(name in dict(detector.backbone.body.named_parameters()) for name in exempt)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -243,7 +302,7 @@ def test_an_image_of_another_size_than_its_record_is_named(tmp_path):
     split = _write_coco(tmp_path, [GOOD], IMAGES[:1], sizes={1: (41, 30)})
     dataset = CocoDetection(split)
     item = dataset[0]
-    assert isinstance(item, DataError)
+    assert isinstance(item, SampleProblem)
     assert item.message == f"image {split.images / 'a.png'} is 41x30 but {split.annotations} says 40x30 (image 1)"
     with pytest.raises(ValueError, match="is 41x30 but"):
         check_images(dataset)
@@ -471,7 +530,7 @@ def test_predict_writes_pictures_and_coco_results_and_keeps_existing_outputs(tmp
     assert picture.shape == (32, 48, 3)
     assert picture[10:18, 8:22].any(-1).all()  # the drawn mask (inside the box) is coloured
     assert not picture[24:, 30:].any()  # outside every drawn detection: the black image
-    with pytest.raises(FileExistsError, match="exists .and 2 more outputs.; pass --overwrite"):
+    with pytest.raises(FileExistsError, match="exists .and 2 more outputs.; pass overwrite=True to replace"):
         predict_images(Fixed(), categories, images, tmp_path / "out")
     predict_images(Fixed(), categories, images, tmp_path / "out", overwrite=True)
 

@@ -38,6 +38,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import Argument, ConfigError, DataError
 from ..images import load_image
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
     "CategoryMap",
     "CocoDetection",
     "CocoSplit",
-    "DataError",
+    "SampleProblem",
     "EvalTransform",
     "TrainTransform",
     "check_images",
@@ -80,11 +81,11 @@ RLE_CHAR_RANGE = (48, 111)  # characters a compressed RLE string can hold
 CHECK_BATCH = 64
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DataError):
     """A bad annotation found with ``on_bad="error"``: the message names the file and the annotation id."""
 
 
-class DataError:
+class SampleProblem:
     """A sample that cannot be used; returned instead of raised so the message reaches the main process."""
 
     def __init__(self, message: str):
@@ -126,7 +127,7 @@ def read_coco_json(path: Union[str, Path]) -> dict:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not JSON, missing ``images`` / ``annotations`` / ``categories`` lists, records without
+        DataError: not JSON, missing ``images`` / ``annotations`` / ``categories`` lists, records without
             an ``id``, or an id defined twice (named).
     """
     path = Path(path)
@@ -135,30 +136,30 @@ def read_coco_json(path: Union[str, Path]) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not a JSON file: {error}") from None
+        raise DataError(f"{path} is not a JSON file: {error}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a COCO annotation file (a JSON object with images, annotations, categories)")
+        raise DataError(f"{path} is not a COCO annotation file (a JSON object with images, annotations, categories)")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise ValueError(f"{path} has no '{key}' list: not a COCO instances file")
+            raise DataError(f"{path} has no '{key}' list: not a COCO instances file")
     for key, required in (("images", ("id", "file_name", "width", "height")), ("categories", ("id", "name"))):
         seen = set()
         for position, record in enumerate(data[key]):
             if not isinstance(record, dict) or any(name not in record for name in required):
-                raise ValueError(f"{path}: entry {position} of '{key}' lacks one of {list(required)}")
+                raise DataError(f"{path}: entry {position} of '{key}' lacks one of {list(required)}")
             if record["id"] in seen:
-                raise ValueError(f"{path}: {key[:-1]} id {record['id']} is defined twice")
+                raise DataError(f"{path}: {key[:-1]} id {record['id']} is defined twice")
             seen.add(record["id"])
         if key == "images":
             bad = next((r for r in data[key] if not all(_is_positive_int(r[k]) for k in ("width", "height"))), None)
             if bad is not None:
-                raise ValueError(f"{path}: image {bad['id']} has width {bad['width']!r}, height {bad['height']!r}")
+                raise DataError(f"{path}: image {bad['id']} has width {bad['width']!r}, height {bad['height']!r}")
     annotation_ids = [a.get("id") if isinstance(a, dict) else None for a in data["annotations"]]
     if None in annotation_ids:
-        raise ValueError(f"{path}: annotation {annotation_ids.index(None)} (0-based) has no id")
+        raise DataError(f"{path}: annotation {annotation_ids.index(None)} (0-based) has no id")
     duplicates = [i for i, n in Counter(annotation_ids).items() if n > 1]
     if duplicates:
-        raise ValueError(f"{path}: annotation id {duplicates[0]} is defined twice")
+        raise DataError(f"{path}: annotation id {duplicates[0]} is defined twice")
     return data
 
 
@@ -320,7 +321,7 @@ class CocoDetection(Dataset):
 
     ``target`` holds ``boxes`` (float32 ``(N, 4)``, ``x1, y1, x2, y2`` in pixels), ``labels`` (int64, ``1..K``
     in :attr:`categories` order), ``masks`` (uint8 ``(N, H, W)``, with ``masks=True``) and ``image_id``. An
-    image whose file cannot be read or whose size differs from the file's record becomes a :class:`DataError`.
+    image whose file cannot be read or whose size differs from the file's record becomes a :class:`SampleProblem`.
 
     Args:
         split: The annotation file and image folder.
@@ -332,28 +333,28 @@ class CocoDetection(Dataset):
         categories: The categories a model was trained on; the file must define the same ones.
 
     Raises:
-        FileNotFoundError, ValueError: see :func:`read_coco_json`; :class:`AnnotationError`; categories
+        FileNotFoundError, DataError: see :func:`read_coco_json`; :class:`AnnotationError`; categories
             other than ``categories``; no image left.
     """
 
     def __init__(self, split: CocoSplit, transform: Optional[Callable] = None, masks: bool = True,
                  keep_empty: bool = True, on_bad: str = "skip", categories: Optional[CategoryMap] = None):
         if on_bad not in ON_BAD:
-            raise ValueError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
+            raise ConfigError(Argument("on_bad"), f" must be one of {ON_BAD}, got {on_bad!r}")
         self.split, self.masks, self.on_bad = split, masks, on_bad
         self.transform = transform or EvalTransform()
         data = read_coco_json(split.annotations)
         self.categories = CategoryMap.from_coco(data["categories"])
         if not self.categories.ids:
-            raise ValueError(f"{split.annotations} defines no categories")
+            raise DataError(f"{split.annotations} defines no categories")
         if categories is not None and categories != self.categories:
-            raise ValueError(f"{split.annotations} has categories {list(self.categories.names)}, the model was "
+            raise DataError(f"{split.annotations} has categories {list(self.categories.names)}, the model was "
                              f"trained on {list(categories.names)}")
         self.report = AnnotationReport(str(split.annotations), images=len(data["images"]),
                                        annotations=len(data["annotations"]), empty_kept=keep_empty)
         self.records, self.ground_truth = self._check(data, keep_empty)
         if not self.records:
-            raise ValueError(f"{split.annotations}: no image left to use ({self.report.summary()})")
+            raise DataError(f"{split.annotations}: no image left to use ({self.report.summary()})")
         self._coco = None
 
     def _bad(self, kind: str, annotation_id: Any, image: Optional[dict], what: str) -> None:
@@ -464,12 +465,13 @@ class CocoDetection(Dataset):
         """The image and its target (untransformed) of item ``index``.
 
         Raises:
-            FileNotFoundError, ValueError: the image cannot be read or has another size than its record.
+            FileNotFoundError, ValueError: the image cannot be read (:class:`DataError`: it has another size
+                than its record).
         """
         record = self.records[index]
         image = load_image(record.path)
         if image.size != (record.width, record.height):
-            raise ValueError(f"image {record.path} is {image.width}x{image.height} but {self.split.annotations} "
+            raise DataError(f"image {record.path} is {image.width}x{image.height} but {self.split.annotations} "
                              f"says {record.width}x{record.height} (image {record.image_id})")
         target = dict(
             boxes=torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
@@ -499,13 +501,13 @@ class CocoDetection(Dataset):
         try:
             image, target = self.load(index)
         except (OSError, ValueError) as error:
-            return DataError(str(error))
+            return SampleProblem(str(error))
         return self.transform(image, target)
 
 
-def collate_detection(batch: Sequence) -> Union[tuple[list[torch.Tensor], list[dict]], DataError]:
-    """Lists of images and targets (sizes differ), or the first :class:`DataError` of the batch."""
-    errors = [item for item in batch if isinstance(item, DataError)]
+def collate_detection(batch: Sequence) -> Union[tuple[list[torch.Tensor], list[dict]], SampleProblem]:
+    """Lists of images and targets (sizes differ), or the first :class:`SampleProblem` of the batch."""
+    errors = [item for item in batch if isinstance(item, SampleProblem)]
     if errors:
         return errors[0]
     images, targets = zip(*batch)
@@ -513,10 +515,10 @@ def collate_detection(batch: Sequence) -> Union[tuple[list[torch.Tensor], list[d
 
 
 def checked_batches(loader: Iterable) -> Iterator[tuple[list[torch.Tensor], list[dict]]]:
-    """The batches of ``loader``; a :class:`DataError` is raised here, in the main process, as a ValueError."""
+    """The batches of ``loader``; a :class:`SampleProblem` is raised here, in the main process, as a DataError."""
     for batch in loader:
-        if isinstance(batch, DataError):
-            raise ValueError(batch.message)
+        if isinstance(batch, SampleProblem):
+            raise DataError(batch.message)
         yield batch
 
 
@@ -535,14 +537,14 @@ def check_images(dataset: CocoDetection, workers: int = 0) -> None:
     """Reads the header of every image of ``dataset`` before a run uses them.
 
     Raises:
-        ValueError: the problems found (the first, and how many images have one).
+        DataError: the problems found (the first, and how many images have one).
     """
     loader = DataLoader(_ImageChecks(dataset), batch_size=CHECK_BATCH, num_workers=workers, collate_fn=list,
                         generator=torch.Generator())
     problems = [problem for batch in loader for problem in batch if problem is not None]
     if problems:
         more = f" (and {len(problems) - 1} more images with problems)" if len(problems) > 1 else ""
-        raise ValueError(f"{problems[0]}{more}")
+        raise DataError(f"{problems[0]}{more}")
 
 
 def scaled_size(width: int, height: int, shorter: int, longer: int) -> tuple[int, int]:
@@ -559,7 +561,7 @@ class TrainTransform:
 
     def __init__(self, scales: Sequence[int], max_size: int, hflip: float = 0.5):
         if not scales:
-            raise ValueError("scales must name at least one shorter-side length")
+            raise ConfigError(Argument("scales"), " must name at least one shorter-side length")
         self.scales, self.max_size, self.hflip = tuple(scales), max_size, hflip
 
     def __call__(self, image: Image.Image, target: dict) -> tuple[torch.Tensor, dict]:

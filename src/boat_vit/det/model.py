@@ -18,7 +18,8 @@ more output for the background (label 0). Labels ``1..num_classes`` are the cate
 (:class:`~boat_vit.det.data.CategoryMap`).
 """
 from collections import OrderedDict
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import timm
 import torch
@@ -30,9 +31,12 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from ..models import check_model_name
+from ..errors import Argument, ConfigError
+from ..models import check_model_name, weights_filter
+from ..weights import StateDict, WeightsReport, load_weights
 
-__all__ = ["DETECTOR_KINDS", "PYRAMID_STRIDES", "TimmFeaturePyramid", "create_detector", "detector_backbone"]
+__all__ = ["DETECTOR_KINDS", "PYRAMID_STRIDES", "TimmFeaturePyramid", "create_detector", "detector_backbone",
+           "load_backbone_weights"]
 
 DETECTOR_KINDS = {"mask_rcnn": MaskRCNN, "faster_rcnn": FasterRCNN}
 PYRAMID_STRIDES = (4, 8, 16, 32)  # backbone feature maps the FPN takes (mmdetection's Swin/CSWin set-up)
@@ -41,6 +45,7 @@ DEFAULT_BOX_HEAD_CHANNELS = 1024  # two shared fully connected layers (mmdetecti
 DEFAULT_MASK_HEAD_CHANNELS = 256  # four 3x3 convolutions (mmdetection's FCNMaskHead)
 MASK_HEAD_CONVOLUTIONS = 4
 BOX_POOL_SIZE = 7  # RoIAlign output of the box head (torchvision's MultiScaleRoIAlign default)
+BACKBONE_PREFIX = "backbone.body."  # where a detector's state dict holds the timm backbone
 DEFAULT_ROI_SAMPLES = 512  # proposals per image that train the box head (a quarter of them positive at most)
 DEFAULT_MIN_SIZE = 800  # COCO test scale: shorter side 800, longer side at most 1333
 DEFAULT_MAX_SIZE = 1333
@@ -53,8 +58,8 @@ def _feature_indices(backbone: str, kwargs: dict[str, Any]) -> tuple[int, ...]:
     reductions = list(probe.feature_info.reduction())
     missing = [stride for stride in PYRAMID_STRIDES if stride not in reductions]
     if missing:
-        raise ValueError(f"backbone {backbone} has feature maps at strides {reductions}, not at {missing}: "
-                         f"a detector needs strides {list(PYRAMID_STRIDES)}")
+        raise ConfigError(Argument("backbone", backbone), f" has feature maps at strides {reductions}, not at "
+                          f"{missing}: a detector needs strides {list(PYRAMID_STRIDES)}")
     return tuple(reductions.index(stride) for stride in PYRAMID_STRIDES)
 
 
@@ -82,7 +87,7 @@ class TimmFeaturePyramid(nn.Module):
         backbone_kwargs: More ``timm.create_model`` keyword arguments (e.g. ``fsla_stages=False``).
 
     Raises:
-        ValueError: an unknown backbone, arguments it does not take, or no feature maps at strides 4-32.
+        ConfigError: an unknown backbone, arguments it does not take, or no feature maps at strides 4-32.
     """
 
     def __init__(self, backbone: str, fpn_channels: int = DEFAULT_FPN_CHANNELS, drop_path_rate: float = 0.0,
@@ -95,16 +100,51 @@ class TimmFeaturePyramid(nn.Module):
             indices = _feature_indices(backbone, self.timm_kwargs)
             self.body = timm.create_model(backbone, features_only=True, out_indices=indices, **self.timm_kwargs)
         except TypeError as error:  # a keyword argument the backbone's constructor does not take
-            raise ValueError(f"cannot build backbone {backbone} with {self.timm_kwargs}: {error}") from None
+            raise ConfigError("cannot build ", Argument("backbone", backbone), f" with {self.timm_kwargs}: {error} "
+                              "(see ", Argument("backbone_kwargs"), ")") from None
         self.channels_last_output = getattr(self.body, "output_fmt", Format.NCHW) == Format.NHWC
         self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), fpn_channels,
                                          extra_blocks=LastLevelMaxPool())
         self.out_channels = fpn_channels
 
+        reference = self.reference_backbone()
+        # timm's feature wrapper names the children of a top-level Sequential <name>_<child> ("layers_0"),
+        # the classifier <name>.<child> ("layers.0"): stored prefix -> the classifier's
+        self.renames = {f"{name}_{child}.": f"{name}.{child}." for name, module in reference.named_children()
+                        if isinstance(module, nn.Sequential) for child, _ in module.named_children()}
+        exempt = reference.no_weight_decay() if hasattr(reference, "no_weight_decay") else set()
+        self.no_weight_decay_names = {name for name, _ in self.body.named_parameters()
+                                      if self.classifier_key(name) in exempt}
+
     def reference_backbone(self) -> nn.Module:
         """The backbone as a classifier, on the meta device: the naming and conversion of its weights files."""
         with torch.device("meta"):
             return timm.create_model(self.backbone_name, **self.timm_kwargs)
+
+    def classifier_key(self, key: str) -> str:
+        """The classifier's name of a :attr:`body` state-dict key (``layers_0.x`` -> ``layers.0.x``)."""
+        stored = next((prefix for prefix in self.renames if key.startswith(prefix)), None)
+        return self.renames[stored] + key[len(stored):] if stored else key
+
+    def weights_filter(self, state_dict: StateDict, body: nn.Module) -> StateDict:
+        """A weights file's state dict in :attr:`body`'s layout (the ``filter_fn`` of
+        :func:`~boat_vit.weights.load_weights` for the body): the backbone family's filter converts it as
+        for the classifier, then keys take the feature wrapper's names. The classifier's head and final norm
+        keep their names and stay unused."""
+        reference = self.reference_backbone()
+        filter_fn = weights_filter(reference)
+        if filter_fn is not None:
+            state_dict = filter_fn(state_dict, reference)
+        to_body = {theirs: ours for ours, theirs in self.renames.items()}
+        renamed = {}
+        for key, tensor in state_dict.items():
+            prefix = next((p for p in to_body if key.startswith(p)), None)
+            renamed[to_body[prefix] + key[len(prefix):] if prefix else key] = tensor
+        return renamed
+
+    def backbone_part(self) -> dict[str, Any]:
+        """How a detector's checkpoint holds this backbone (:data:`~boat_vit.weights.BACKBONE_PART`)."""
+        return dict(task="detection", prefix=BACKBONE_PREFIX, renames=dict(self.renames))
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         features = self.body(images)
@@ -148,12 +188,12 @@ def create_detector(
         **backbone_kwargs: More ``timm.create_model`` keyword arguments for the backbone.
 
     Raises:
-        ValueError: an unknown kind or backbone, or a backbone without feature maps at strides 4-32.
+        ConfigError: an unknown kind or backbone, or a backbone without feature maps at strides 4-32.
     """
     if kind not in DETECTOR_KINDS:
-        raise ValueError(f"unknown detector kind {kind!r}; choose from {sorted(DETECTOR_KINDS)}")
+        raise ConfigError("unknown detector ", Argument("kind", kind), f"; choose from {sorted(DETECTOR_KINDS)}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        raise ConfigError(Argument("num_classes"), f" must be at least 1, got {num_classes}")
     from timm.models import get_pretrained_cfg
 
     pyramid = TimmFeaturePyramid(backbone, fpn_channels, drop_path_rate, backbone_kwargs)
@@ -181,3 +221,27 @@ def detector_backbone(detector: GeneralizedRCNN) -> TimmFeaturePyramid:
     if not isinstance(detector.backbone, TimmFeaturePyramid):
         raise TypeError(f"the detector's backbone is a {type(detector.backbone).__name__}, not a TimmFeaturePyramid")
     return detector.backbone
+
+
+def load_backbone_weights(detector: GeneralizedRCNN, path: Union[str, Path], entry: Optional[str] = None,
+                          allow_partial: bool = False) -> WeightsReport:
+    """Initialises a detector's backbone from a weights file of the backbone's architecture.
+
+    Takes released BOAT weights as downloaded, a converted safetensors file, a boat-vit classification
+    checkpoint (``best.pth``) or the backbone part of a segmentation or detection run checkpoint, through
+    :func:`~boat_vit.weights.load_weights` with :meth:`TimmFeaturePyramid.weights_filter`. The classifier's
+    head and final norm are reported unused; the FPN and heads start afresh.
+
+    Args:
+        detector: A detector made by :func:`create_detector`.
+        path: The weights file.
+        entry: Which entry of the file holds the weights (default: EMA weights first, as timm).
+        allow_partial: Accept a file that gives less than half of the backbone's weights.
+
+    Raises:
+        WeightsMismatchError: a tensor of the file has another shape than the backbone's (another model size),
+            or the file gives too little of the backbone without ``allow_partial``.
+    """
+    pyramid = detector_backbone(detector)
+    return load_weights(pyramid.body, path, pyramid.weights_filter, key=entry, allow_partial=allow_partial,
+                        backbone=True)

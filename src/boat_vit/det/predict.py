@@ -10,7 +10,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ..checkpoint import atomic_write
+from ..errors import Argument, ConfigError, OutputExistsError
+from ..files import atomic_write
 from ..engine import autocast
 from ..images import load_image, palette
 from .data import CategoryMap
@@ -55,7 +56,7 @@ def output_stems(images: Sequence[str]) -> list[str]:
     path from the folder that holds them all (``train/a.jpg`` -> ``train_a``).
 
     Raises:
-        ValueError: the same image is given twice.
+        ConfigError: the same image is given twice.
     """
     paths = [Path(image).resolve() for image in images]
     stems = [path.stem for path in paths]
@@ -63,7 +64,7 @@ def output_stems(images: Sequence[str]) -> list[str]:
         return stems
     if len(set(paths)) < len(paths):
         repeated = sorted({str(p) for p in paths if paths.count(p) > 1})
-        raise ValueError("the same image is given twice: " + ", ".join(repeated))
+        raise ConfigError("the same image is given twice: " + ", ".join(repeated))
     common = Path(os.path.commonpath([path.parent for path in paths]))
     return ["_".join(path.relative_to(common).with_suffix("").parts) for path in paths]
 
@@ -79,7 +80,7 @@ def predict_images(model: nn.Module, categories: CategoryMap, images: Sequence[s
     pictures show those scoring at least ``score_threshold``.
 
     Raises:
-        FileExistsError: an output file exists and ``overwrite`` is not set (nothing is written).
+        OutputExistsError: an output file exists and ``overwrite`` is not set (nothing is written).
         FileNotFoundError, ValueError: an image cannot be read (named).
     """
     output = Path(output)
@@ -88,8 +89,9 @@ def predict_images(model: nn.Module, categories: CategoryMap, images: Sequence[s
     results_path = output / RESULTS_FILE
     existing = [str(path) for path in (*pictures, results_path) if path.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists{f' (and {len(existing) - 1} more outputs)' if len(existing) > 1 else ''}"
-                              "; pass --overwrite to replace, or choose another --output")
+        more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
+        raise OutputExistsError(f"{existing[0]} exists{more}; pass ", Argument("overwrite", True), " to replace, "
+                                "or choose another ", Argument("output"))
     output.mkdir(parents=True, exist_ok=True)
     model.eval()
     device = next(model.parameters()).device

@@ -29,6 +29,8 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError, OutputExistsError
+
 __all__ = ["DIGIT_DET", "DigitDetConfig", "data_cache", "is_digit_det", "parse_digit_det", "prepare_digit_det",
            "write_digit_det"]
 
@@ -65,16 +67,16 @@ class DigitDetConfig:
 
     def __post_init__(self):
         if not 1 <= self.min_digits <= self.max_digits:
-            raise ValueError(f"digit-det needs 1 <= min_digits <= max_digits, got {self.min_digits}, {self.max_digits}")
+            raise ConfigError(f"digit-det needs 1 <= min_digits <= max_digits, got {self.min_digits}, {self.max_digits}")
         if not 4 <= self.min_size <= self.max_size:
-            raise ValueError(f"digit-det needs 4 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
+            raise ConfigError(f"digit-det needs 4 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
         if self.max_size * ASPECT_RANGE[1] > self.canvas:
-            raise ValueError(f"digit-det: digits up to {self.max_size} pixels (x{ASPECT_RANGE[1]} tall) do not fit "
+            raise ConfigError(f"digit-det: digits up to {self.max_size} pixels (x{ASPECT_RANGE[1]} tall) do not fit "
                              f"a {self.canvas}-pixel canvas")
         if self.train_size < 1 or self.val_size < 1:
-            raise ValueError(f"digit-det needs train_size and val_size >= 1, got {self.train_size}, {self.val_size}")
+            raise ConfigError(f"digit-det needs train_size and val_size >= 1, got {self.train_size}, {self.val_size}")
         if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"digit-det needs 0 < heldout_fraction < 1, got {self.heldout_fraction}")
+            raise ConfigError(f"digit-det needs 0 < heldout_fraction < 1, got {self.heldout_fraction}")
 
     def key(self) -> str:
         """A short name of this configuration (its cache folder)."""
@@ -91,23 +93,23 @@ def parse_digit_det(spec: str) -> DigitDetConfig:
     """``digit-det`` or ``digit-det:key=value,...`` -> :class:`DigitDetConfig`.
 
     Raises:
-        ValueError: another name, an unknown key or a value of the wrong type (named).
+        ConfigError: another name, an unknown key or a value of the wrong type (named).
     """
     name, _, options = spec.partition(":")
     if name != DIGIT_DET:
-        raise ValueError(f"not a {DIGIT_DET} task: {spec!r}")
+        raise ConfigError(f"not a {DIGIT_DET} task: {spec!r}")
     fields = {f.name: f for f in dataclasses.fields(DigitDetConfig)}
     values = {}
     for item in filter(None, options.split(",")):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or key not in fields:
-            raise ValueError(f"bad task option {item!r} in {spec!r}; expected key=value with keys {sorted(fields)}")
+            raise ConfigError(f"bad task option {item!r} in {spec!r}; expected key=value with keys {sorted(fields)}")
         kind = type(fields[key].default)
         try:
             values[key] = kind(value)
         except ValueError:
-            raise ValueError(f"task option {key} needs a {kind.__name__}, got {value!r}") from None
+            raise ConfigError(f"task option {key} needs a {kind.__name__}, got {value!r}") from None
     return DigitDetConfig(**values)
 
 
@@ -200,7 +202,7 @@ def write_digit_det(root: Union[str, Path], config: DigitDetConfig = DigitDetCon
     A folder that already holds this configuration is kept as it is.
 
     Raises:
-        FileExistsError: ``root`` exists and does not hold this configuration.
+        OutputExistsError: ``root`` exists and does not hold this configuration.
     """
     from sklearn.datasets import load_digits
 
@@ -209,7 +211,7 @@ def write_digit_det(root: Union[str, Path], config: DigitDetConfig = DigitDetCon
         written = root / CONFIG_FILE
         if written.is_file() and json.loads(written.read_text()) == dataclasses.asdict(config):
             return root
-        raise FileExistsError(f"{root} exists and does not hold {DIGIT_DET} with {dataclasses.asdict(config)}")
+        raise OutputExistsError(f"{root} exists and does not hold {DIGIT_DET} with {dataclasses.asdict(config)}")
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
