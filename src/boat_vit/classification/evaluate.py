@@ -4,14 +4,15 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..engine import Distributed, ShardSampler, autocast
+from ..errors import DataError
 from ..images import load_image
 from .data import build_eval_dataset, collate_skipping
 
-__all__ = ["TOP_K", "eval_loader", "eval_transform_for", "evaluate_classifier", "predict"]
+__all__ = ["TOP_K", "eval_loader", "eval_loader_of", "eval_transform_for", "evaluate_classifier", "predict"]
 
 TOP_K = 5
 
@@ -32,13 +33,20 @@ def eval_loader(data: str, data_config: dict, world: Distributed = Distributed()
     as the model's data config prepares them; each process takes its shard, every image is used once.
 
     Raises:
-        ValueError: ``class_names`` are given and the data set's classes differ.
+        DataError: ``class_names`` are given and the data set's classes differ.
     """
     dataset = build_eval_dataset(data, eval_transform_for(data_config))
     if class_names is not None and list(getattr(dataset, "classes", class_names)) != list(class_names):
-        raise ValueError(f"the classes of {data} differ from the model's ({len(class_names)} classes)")
+        raise DataError(f"the classes of {data} differ from the model's ({len(class_names)} classes)")
+    return eval_loader_of(dataset, world, batch_size, workers)
+
+
+def eval_loader_of(dataset: Dataset, world: Distributed = Distributed(), batch_size: int = 64,
+                   workers: int = 0) -> DataLoader:
+    """Batches of ``dataset`` without its unreadable images; each process takes its shard, every image is used
+    once. The loader draws its worker seeds from its own generator, never from the global RNG."""
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping,
-                      sampler=ShardSampler(len(dataset), world.rank, world.world_size))
+                      sampler=ShardSampler(len(dataset), world.rank, world.world_size), generator=torch.Generator())
 
 
 @torch.no_grad()

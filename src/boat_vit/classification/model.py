@@ -1,15 +1,16 @@
-"""Classifiers by name, with weights from any supported file, or restored from a training checkpoint."""
+"""Classifiers by name, with weights from any supported file, or rebuilt from a run checkpoint."""
 from typing import Any, Optional
 
 import torch.nn as nn
 
-from ..files import read_checkpoint
+from ..engine import RunCheckpoint
+from ..errors import Argument, CheckpointError, ConfigError
 from ..models import check_architecture_arguments, check_model_name, create_model, weights_filter
-from ..weights import WeightsReport, load_state_dict_into, load_weights
+from ..weights import WeightsReport, classifier_keys, load_state_dict_into, load_weights
 
 __all__ = ["create_classifier", "load_classifier"]
 
-IMAGENET_CLASSES = 1000  # the class count of models created without a training checkpoint
+IMAGENET_CLASSES = 1000  # the class count of models created without a run checkpoint
 
 
 def create_classifier(
@@ -26,7 +27,7 @@ def create_classifier(
         name: timm model name.
         num_classes: Classes of the head.
         weights: Any file :func:`boat_vit.weights.load_weights` reads (released BOAT weights as
-            downloaded, a training checkpoint, safetensors, a state dict).
+            downloaded, a run checkpoint, safetensors, a state dict).
         reset_head: Keep the fresh classifier where the file's has another number of classes.
         allow_partial: Accept a file that gives less than half of the model's weights.
         **kwargs: Model keyword arguments (``img_size`` too, for models built for an input size).
@@ -40,6 +41,19 @@ def create_classifier(
     return model, report
 
 
+def _rebuilt(checkpoint: RunCheckpoint) -> nn.Module:
+    """The model of a classification run checkpoint, built from its stored arguments (exactly as trained)."""
+    args = checkpoint.model_args
+    class_names = checkpoint.entry("class_names")
+    if not isinstance(class_names, list) or not class_names:
+        raise CheckpointError(f"{checkpoint.path} holds no class names (damaged?)")
+    if not isinstance(args.get("name"), str) or args.get("num_classes") != len(class_names):
+        raise CheckpointError(f"{checkpoint.path} holds model arguments that do not name a model for its "
+                              f"{len(class_names)} classes: {args!r}")
+    kwargs = check_architecture_arguments(args.get("kwargs", {}), str(checkpoint.path))
+    return create_model(args["name"], num_classes=args["num_classes"], **kwargs)
+
+
 def load_classifier(
     checkpoint: Optional[str] = None,
     model_name: Optional[str] = None,
@@ -48,35 +62,40 @@ def load_classifier(
 ) -> tuple[nn.Module, list[str], dict]:
     """A classifier in eval mode with its class names and data config.
 
-    Either a boat-vit training ``checkpoint`` (model name, classes and weights inside; ``use_ema`` picks the
-    EMA weights), or ``model_name`` with a ``weights`` file (e.g. released BOAT weights; ImageNet indices
-    as class names).
+    Either a classification run ``checkpoint`` (the model is rebuilt with every argument it was trained with;
+    ``use_ema`` picks the EMA weights), or ``model_name`` with a ``weights`` file holding a whole classifier
+    (e.g. released BOAT weights; ImageNet indices as class names).
+
+    Raises:
+        ConfigError: both or neither of ``checkpoint`` and ``model_name``, or a model without weights.
+        CheckpointError: not a classification run checkpoint, or a file without a classifier.
+        WeightsMismatchError: weights that do not fit.
     """
     from timm.data import resolve_data_config
 
     if checkpoint is not None:
         if model_name is not None or weights is not None:
-            raise ValueError("--checkpoint brings its own model and weights; drop --model and --pretrained-file")
-        state = read_checkpoint(checkpoint)
-        if not isinstance(state, dict) or not {"class_names", "model_name", "model", "data_config"} <= set(state):
-            raise ValueError(f"{checkpoint} is not a classification training checkpoint (written by `boat-vit train`)")
-        class_names = state["class_names"]
-        model_kwargs = check_architecture_arguments(state.get("model_kwargs", {}), checkpoint)
-        model = create_model(state["model_name"], num_classes=len(class_names), **model_kwargs)
+            raise ConfigError(Argument("checkpoint"), " brings its own model and weights; drop ",
+                              Argument("model_name"), " and ", Argument("weights"))
+        run = RunCheckpoint.read(checkpoint, task="classification")
+        model = _rebuilt(run)
         entry = "ema" if use_ema else "model"
-        if state.get(entry) is None:
-            raise ValueError(f"{checkpoint} has no EMA weights (the run did not use --ema-decay)")
-        state_dict = {k.removeprefix("module."): v for k, v in state[entry].items()}
-        load_state_dict_into(model, state_dict, checkpoint, entry=entry)
-        data_config = state["data_config"]
+        load_state_dict_into(model, run.weights(ema=use_ema), checkpoint, entry=entry)
+        class_names, data_config = run.entry("class_names"), run.entry("data_config")
+        if not isinstance(data_config, dict) or not {"input_size", "interpolation", "mean", "std", "crop_pct"} \
+                <= set(data_config):
+            raise CheckpointError(f"{checkpoint} holds an incomplete data configuration: {data_config!r}")
     elif model_name is not None:
         check_model_name(model_name)
         if weights is None:
-            raise ValueError(f"--model {model_name} needs its weights (--pretrained-file): a model with random "
-                             "weights predicts nothing")
-        model, _ = create_classifier(model_name, IMAGENET_CLASSES, weights)
+            raise ConfigError(Argument("model_name"), f" {model_name} needs its weights (", Argument("weights"),
+                              "): a model with random weights predicts nothing")
+        model, report = create_classifier(model_name, IMAGENET_CLASSES, weights)
+        if classifier_keys(model) & set(report.initial):
+            raise CheckpointError(f"{weights} holds no classifier for {model_name} (a backbone only?): a model "
+                                  "with a random classifier predicts nothing")
         class_names = [str(i) for i in range(model.num_classes)]
         data_config = resolve_data_config(model=model)
     else:
-        raise ValueError("give a training checkpoint, or a model name (and usually its weights file)")
+        raise ConfigError("give a run checkpoint, or a model name (and usually its weights file)")
     return model.eval(), class_names, data_config

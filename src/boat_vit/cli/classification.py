@@ -12,7 +12,7 @@ from ..classification import (
     train_classifier,
 )
 from ..classification.evaluate import TOP_K, eval_loader
-from ..engine import amp_dtype_for, default_device, parse_device, set_threads, setup_distributed
+from ..engine import RunCheckpoint, amp_dtype_for, default_device, parse_device, set_threads, setup_distributed
 from .options import (
     USAGE_ERROR,
     add_amp_arguments,
@@ -89,8 +89,22 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                                                      "gives less than half of the model's weights")
 
 
+TRAIN_DESCRIPTION = """\
+Trains a classifier: any timm model, the embedded digits or an ImageNet-style folder, with a recipe
+(--preset) whose every value an option can override.
+
+Runs scale from one CPU process to `torchrun --nproc_per_node N -m boat_vit train` (DistributedDataParallel).
+Every epoch writes last.pth (and best.pth), a metrics.csv row and curves.png into --output, each file
+atomically. --resume RUN continues a run exactly, with the options it started with: every epoch starts
+from RNG states derived from the seed and the epoch, so a resumed run repeats the interrupted epoch bit
+for bit.
+"""
+
+
 def _run_train(args: argparse.Namespace) -> int:
-    summary = train_classifier(resolve_config(options_of(args)))
+    options = options_of(args)
+    resumed = RunCheckpoint.read(options["resume"], task="classification") if options.get("resume") else None
+    summary = train_classifier(resolve_config(options, resumed), resumed)  # the run checkpoint is read once
     if summary.get("output"):
         print(f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch'] + 1}), final top-1 "
               f"{summary['final_top1']:.2f}%; results in {summary['output']}/ "
@@ -148,9 +162,7 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Adds ``train``, ``eval`` and ``predict``."""
-    from ..classification import train as train_module  # the module: its docstring is the help text
-
-    parser = subparsers.add_parser("train", help="train a classifier", description=train_module.__doc__,
+    parser = subparsers.add_parser("train", help="train a classifier", description=TRAIN_DESCRIPTION,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_arguments(parser)
     parser.set_defaults(func=_run_train, flags=TRAIN_FLAGS)

@@ -6,7 +6,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "parse_device", "setup_distributed"]
+from ..errors import Argument, ConfigError
+
+__all__ = ["Distributed", "default_device", "parse_device", "setup_distributed"]
+
+
+def default_device() -> str:
+    """``cuda`` where CUDA is available, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -55,14 +62,14 @@ def parse_device(device: str) -> torch.device:
     """``device`` as a ``torch.device`` of a supported kind (``cpu``, ``cuda``, ``cuda:N``).
 
     Raises:
-        ValueError: anything else, named.
+        ConfigError: anything else, named.
     """
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+        raise ConfigError(Argument("device"), f" must be cpu, cuda or cuda:N, got {device!r}")
     return parsed
 
 
@@ -75,7 +82,7 @@ def setup_distributed(device: str) -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     requested = parse_device(device)
     if requested.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available (use --device cpu)")
+        raise ConfigError("device 'cuda' requested but CUDA is not available (use ", Argument("device", "cpu"), ")")
     if world_size <= 1:
         return Distributed(device=requested)
     rank = int(os.environ["RANK"])

@@ -1,8 +1,7 @@
 """A run directory: atomic checkpoints, the metrics table, the summary and the training-curve plot.
 
-Nothing a user made is lost: a run directory that already holds a run is only written by ``--resume``
-(continue it) or ``--overwrite`` (start afresh; the previous files are replaced as the new run writes its
-own), every file is written atomically through an exclusively created temporary file (never through a
+Nothing a user made is lost: a run directory that already holds a run is only written by a run that resumes it
+(``resume``) or replaces it (``overwrite``: the previous files are replaced as the new run writes its own), every file is written atomically through an exclusively created temporary file (never through a
 planted link), temporary files that an interrupted save left behind are removed when a run starts, and the
 directory is checked writable before the first training step.
 """
@@ -17,9 +16,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..files import TEMPORARY_SUFFIX, atomic_write, read_checkpoint
+from ..errors import Argument, RunDirectoryError
+from ..files import TEMPORARY_SUFFIX, atomic_write
 
-__all__ = ["Panels", "RunDirectory", "RunDirectoryError", "load_resume_checkpoint"]
+__all__ = ["LAST_CHECKPOINT", "BEST_CHECKPOINT", "METRICS_FILE", "SUMMARY_FILE", "PLOT_FILE", "Panels", "RunDirectory"]
 
 LAST_CHECKPOINT = "last.pth"
 BEST_CHECKPOINT = "best.pth"
@@ -31,24 +31,6 @@ PLOT_DPI = 100
 PANEL_SIZE = (4.3, 3.6)  # inches per plot panel
 # Plot panels: (title, ((metric, legend label or None), ...)); a series without any value is left out.
 Panels = Sequence[tuple[str, Sequence[tuple[str, Optional[str]]]]]
-
-
-class RunDirectoryError(OSError):
-    """The run directory cannot be used: it is a file, not writable, full, or holds a run not to be replaced."""
-
-
-def load_resume_checkpoint(path: Path) -> dict:
-    """The checkpoint to resume from: ``path`` itself, or the ``last.pth`` of a run directory (read safely).
-
-    Raises:
-        FileNotFoundError: no such checkpoint.
-        ValueError: the file is not a training checkpoint.
-    """
-    path = Path(path)
-    state = read_checkpoint(path / LAST_CHECKPOINT if path.is_dir() else path)
-    if not isinstance(state, dict) or "config" not in state or "metrics" not in state:
-        raise ValueError(f"{path} is not a training checkpoint (last.pth or best.pth of a boat-vit run)")
-    return state
 
 
 def _describe_os_error(error: OSError, where: Path) -> str:
@@ -75,7 +57,7 @@ class RunDirectory:
     def __init__(self, root: Path, resume: bool = False, overwrite: bool = False):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
-            raise RunDirectoryError(f"--output {self.root} is a file, not a folder")
+            raise RunDirectoryError(Argument("output", self.root), " is a file, not a folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -84,9 +66,9 @@ class RunDirectory:
                     if (self.root / name).exists()]
         if existing and not (resume or overwrite):
             raise RunDirectoryError(
-                f"{self.root} already holds a run ({', '.join(existing)}); pass --resume {self.root} to continue "
-                "it, --overwrite to replace it, or choose another --output"
-            )
+                f"{self.root} already holds a run ({', '.join(existing)}); pass ", Argument("resume", self.root),
+                " to continue it, ", Argument("overwrite", True), " to replace it, or choose another ",
+                Argument("output"))
         self._check_writable()
         self.removed_temporaries = self._remove_temporaries()
 
@@ -107,6 +89,11 @@ class RunDirectory:
                     orphan.unlink()
                     removed.append(orphan.name)
         return removed
+
+    @staticmethod
+    def holds_checkpoint(root: Path) -> bool:
+        """Whether ``root`` holds a run's last checkpoint."""
+        return (Path(root) / LAST_CHECKPOINT).is_file()
 
     @property
     def last(self) -> Path:

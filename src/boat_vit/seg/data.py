@@ -19,11 +19,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import Argument, ConfigError, DataError
 from ..images import load_image
 
 __all__ = [
     "ADE20K_CLASSES",
-    "DataError",
     "DatasetSpec",
     "EvalTransform",
     "SegmentationFolder",
@@ -102,16 +102,9 @@ def dataset_spec(
                            True if reduce_zero_label is None else reduce_zero_label, names)
     if dataset == "folder":
         if num_classes is None:
-            raise ValueError("a 'folder' data set needs its number of classes (--num-classes)")
+            raise ConfigError("a 'folder' data set needs its number of classes (", Argument("num_classes"), ")")
         return DatasetSpec(num_classes, ignore, bool(reduce_zero_label))
-    raise ValueError(f"unknown data set kind {dataset!r}; choose 'ade20k' or 'folder'")
-
-
-class DataError:
-    """A sample that cannot be used; returned instead of raised so the message reaches the main process."""
-
-    def __init__(self, message: str):
-        self.message = message
+    raise ConfigError(Argument("dataset"), f" {dataset!r} is unknown; choose 'ade20k' or 'folder'")
 
 
 def resolve_split(root: Path, split: str) -> tuple[Path, Path]:
@@ -153,7 +146,7 @@ class SegmentationFolder(Dataset):
 
     Raises:
         FileNotFoundError: the split's folders are missing.
-        ValueError: no images, or images without labels / labels without images (named).
+        DataError: no images, or images without labels / labels without images (named).
     """
 
     def __init__(self, root: Path, split: str, spec: DatasetSpec, transform):
@@ -161,14 +154,14 @@ class SegmentationFolder(Dataset):
         images = {p.stem: p for p in sorted(self.image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         labels = {p.stem: p for p in sorted(self.label_dir.iterdir()) if p.suffix.lower() == LABEL_SUFFIX}
         if not images:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.image_dir}")
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.image_dir}")
         unlabelled = sorted(set(images) - set(labels))
         if unlabelled:
-            raise ValueError(f"{len(unlabelled)} images in {self.image_dir} have no label map {LABEL_SUFFIX} in "
+            raise DataError(f"{len(unlabelled)} images in {self.image_dir} have no label map {LABEL_SUFFIX} in "
                              f"{self.label_dir}: {_listing(unlabelled)}")
         orphans = sorted(set(labels) - set(images))
         if orphans:
-            raise ValueError(f"{len(orphans)} label maps in {self.label_dir} have no image in {self.image_dir}: "
+            raise DataError(f"{len(orphans)} label maps in {self.label_dir} have no image in {self.image_dir}: "
                              f"{_listing(orphans)}")
         self.names = sorted(images)
         self.samples = [(images[n], labels[n]) for n in self.names]
@@ -182,7 +175,7 @@ class SegmentationFolder(Dataset):
         """The image and its label map (int64, classes and ignore index) of sample ``index``.
 
         Raises:
-            ValueError: unreadable files, different sizes or label values outside the classes.
+            DataError: unreadable files, different sizes or label values outside the classes.
         """
         image = load_image(self.samples[index][0])
         return image, self._label(index, image.size)
@@ -206,11 +199,11 @@ class SegmentationFolder(Dataset):
                 label = np.asarray(label_image, dtype=np.int64)
                 mode, size = label_image.mode, label_image.size
         except (OSError, Image.DecompressionBombError) as error:
-            raise ValueError(f"cannot read label map {label_path}: {error}") from None
+            raise DataError(f"cannot read label map {label_path}: {error}") from None
         if label.ndim != 2:
-            raise ValueError(f"label map {label_path} is not single-channel (PIL mode {mode})")
+            raise DataError(f"label map {label_path} is not single-channel (PIL mode {mode})")
         if image_size != size:
-            raise ValueError(f"image {image_path} is {image_size[0]}x{image_size[1]} but its label map "
+            raise DataError(f"image {image_path} is {image_size[0]}x{image_size[1]} but its label map "
                              f"{label_path} is {size[0]}x{size[1]}")
         spec = self.spec
         if spec.reduce_zero_label:  # 0 ("other") is ignored, classes shift down by one, ignored stays ignored
@@ -219,7 +212,7 @@ class SegmentationFolder(Dataset):
         if bad.size:
             shift = 1 if spec.reduce_zero_label else 0
             values = ", ".join(str(v + shift) for v in bad[:NAMES_SHOWN].tolist())
-            raise ValueError(
+            raise DataError(
                 f"label map {label_path} has values outside the {spec.num_classes} classes: {values}"
                 f"{' ...' if bad.size > NAMES_SHOWN else ''} (allowed: {shift}..{spec.num_classes - 1 + shift} "
                 f"and the ignore index {spec.ignore_index})"
@@ -230,7 +223,7 @@ class SegmentationFolder(Dataset):
         try:
             image, label = self.load(index)
         except ValueError as error:
-            return DataError(str(error))
+            return DataError(str(error))  # returned, not raised: it reaches the main process as a batch
         return (*self.transform(image, label), self.names[index])
 
 
@@ -260,7 +253,7 @@ def check_samples(folder: "SegmentationFolder", workers: int = 0) -> None:
     """Reads every label map of ``folder`` (and each image's header) before a run uses them.
 
     Raises:
-        ValueError: the problems found (the first few, and how many samples have one).
+        DataError: the problems found (the first one, and how many samples have one).
     """
     from torch.utils.data import DataLoader
 
@@ -269,14 +262,15 @@ def check_samples(folder: "SegmentationFolder", workers: int = 0) -> None:
     problems = [problem for batch in loader for problem in batch if problem is not None]
     if problems:
         more = f" (and {len(problems) - 1} more samples with problems)" if len(problems) > 1 else ""
-        raise ValueError(f"{problems[0]}{more}")
+        raise DataError(f"{problems[0]}{more}")
 
 
 def checked_batches(loader: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-    """The batches of ``loader``; a :class:`DataError` is raised here, in the main process, as a ValueError."""
+    """The batches of ``loader``; a :class:`~boat_vit.errors.DataError` a worker returned is raised here, in the
+    main process."""
     for batch in loader:
         if isinstance(batch, DataError):
-            raise ValueError(batch.message)
+            raise batch
         yield batch
 
 

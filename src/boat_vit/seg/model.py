@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..files import read_checkpoint
+from ..engine import RunCheckpoint
+from ..errors import CheckpointError
 from ..images import palette
 from ..models import check_architecture_arguments, check_model_name, weights_filter
 from ..weights import StateDict, WeightsReport, load_state_dict_into, load_weights
@@ -204,7 +205,7 @@ SEGMENTER_ARGUMENTS = ("backbone", "num_classes", "backbone_kwargs", "decoder_ch
 def _segmenter_arguments(stored: Any, source: str) -> dict[str, Any]:
     """The :class:`BoatUPerNet` arguments a checkpoint stored, checked (backbone keywords: architecture only)."""
     if not isinstance(stored, dict) or set(stored) - set(SEGMENTER_ARGUMENTS):
-        raise ValueError(f"{source} holds segmenter arguments other than {list(SEGMENTER_ARGUMENTS)}")
+        raise CheckpointError(f"{source} holds segmenter arguments other than {list(SEGMENTER_ARGUMENTS)}")
     return dict(stored, backbone_kwargs=check_architecture_arguments(stored.get("backbone_kwargs", {}), source))
 
 
@@ -223,12 +224,15 @@ class Segmenter:
 
 
 def load_segmenter(checkpoint: str, device: torch.device = torch.device("cpu")) -> Segmenter:
-    """The segmenter of a ``seg-train`` checkpoint (``best.pth`` / ``last.pth``), in eval mode."""
-    state = read_checkpoint(checkpoint)
-    if not isinstance(state, dict) or "segmenter" not in state:
-        raise ValueError(f"{checkpoint} is not a segmentation checkpoint (written by `boat-vit seg-train`)")
-    model = BoatUPerNet(**_segmenter_arguments(state["segmenter"], checkpoint))
-    load_state_dict_into(model, state["model"], checkpoint, entry="model")
-    spec = DatasetSpec(**state["spec"])
-    data = state["data"]
+    """The segmenter of a segmentation run checkpoint (``best.pth`` / ``last.pth``), rebuilt with every
+    argument it was trained with, in eval mode.
+
+    Raises:
+        CheckpointError: not a segmentation run checkpoint.
+        WeightsMismatchError: weights that do not fit the stored arguments.
+    """
+    run = RunCheckpoint.read(checkpoint, task="segmentation")
+    model = BoatUPerNet(**_segmenter_arguments(run.model_args, checkpoint))
+    load_state_dict_into(model, run.weights(), checkpoint, entry="model")
+    spec, data = DatasetSpec(**run.entry("spec")), run.entry("data")
     return Segmenter(model.to(device).eval(), spec, EvalTransform(data["mean"], data["std"], data["test_scale"]))

@@ -1,0 +1,128 @@
+"""The options every training run shares, their checks, and continuing a run with the options it started with."""
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+from ..errors import Argument, ConfigError
+from .distributed import default_device
+
+__all__ = [
+    "AT_LEAST_ONE",
+    "NOT_NEGATIVE",
+    "POSITIVE",
+    "PROBABILITY",
+    "RUN_OPTIONS",
+    "RUN_OPTION_BOUNDS",
+    "Bounds",
+    "RunOptions",
+    "check_bounds",
+    "merge_resumed",
+    "resumed_config",
+]
+
+
+@dataclass
+class RunOptions:
+    """Options every training task shares: where and how it runs, and its seed."""
+
+    amp: bool = False
+    amp_dtype: Optional[str] = None  # default: bfloat16 on CPU, float16 on CUDA
+    device: str = default_device()
+    seed: int = 0
+    workers: int = 2
+    threads: Optional[int] = None  # intra-op threads; default: engine.threads.default_threads
+    resume: Optional[str] = None  # a run directory or its last.pth: continue that run
+    overwrite: bool = False  # replace a run already in the output folder
+    progress: bool = True
+
+
+# Options that may differ when a run continues: where and how it runs, not what it computes.
+RUN_OPTIONS = ("resume", "overwrite", "output", "device", "workers", "threads", "progress")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values an option may take: ``low`` and ``high`` (``None``: unbounded), each included unless open."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below and not (isinstance(value, float) and math.isnan(value))
+
+    def __str__(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        return " and ".join(part for part in (low, high) if part)
+
+
+AT_LEAST_ONE = Bounds(1)
+NOT_NEGATIVE = Bounds(0)
+POSITIVE = Bounds(0, low_open=True)
+PROBABILITY = Bounds(0, 1)
+RUN_OPTION_BOUNDS = dict(workers=NOT_NEGATIVE, threads=AT_LEAST_ONE)
+
+
+def check_bounds(config: Any, bounds: Mapping[str, Bounds]) -> None:
+    """Raises a :class:`ConfigError` naming the first option of ``config`` (a dataclass) outside its ``bounds``."""
+    for name, allowed in bounds.items():
+        values = getattr(config, name)
+        for value in values if isinstance(values, (tuple, list)) else (values,):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not allowed.admits(value):
+                raise ConfigError(Argument(name), f" must be {allowed}, got {values!r}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def merge_resumed(saved: Mapping[str, Any], explicit: Mapping[str, Any], source: str,
+                  fields: Sequence[str]) -> dict[str, Any]:
+    """The options of a resumed run: those it was started with, the run options of ``explicit`` on top.
+
+    A run continues exactly only with the options it started with, so an explicit option other than a
+    :data:`RUN_OPTIONS` one must equal the saved value.
+
+    Args:
+        saved: The options stored in the run's checkpoint.
+        explicit: The options given now (``None`` values are not given).
+        source: The checkpoint, for messages.
+        fields: The option names of the configuration.
+
+    Raises:
+        ConfigError: an option differs from the saved run's.
+    """
+    changed = [k for k, v in explicit.items()
+               if v is not None and k not in RUN_OPTIONS and not _same(v, saved.get(k))]
+    if changed:
+        parts: list = [Argument("resume", source), " continues a run with its own options; these differ: "]
+        for number, name in enumerate(changed):
+            parts += ["; " if number else "", Argument(name, explicit[name]), f" (the run has {saved.get(name)!r})"]
+        raise ConfigError(*parts, " (drop them, or start a new run)")
+    merged = {k: v for k, v in saved.items() if k in fields}
+    merged.update({k: v for k, v in explicit.items() if v is not None and k in RUN_OPTIONS})
+    return merged
+
+
+def resumed_config(config_class: type, values: Mapping[str, Any], saved: Mapping[str, Any]) -> Any:
+    """The configuration (``config_class``, a dataclass with ``check()``) of a run resumed from
+    ``values["resume"]``, whose checkpoint stored the options ``saved``: those options, with the run options of
+    ``values`` (:func:`merge_resumed`).
+
+    Raises:
+        ConfigError: the options given are out of range, or differ from the run's.
+    """
+    config_class(**values).check()  # the options given, before they meet the run's
+    fields = [f.name for f in dataclasses.fields(config_class)]
+    config = config_class(**merge_resumed(saved, values, values["resume"], fields))
+    config.check()
+    return config

@@ -1,0 +1,536 @@
+"""The training skeleton every task runs on: :class:`TrainingTask` says what a task brings (data, model, loss,
+metrics, recipe), :func:`run_training` does the rest.
+
+The skeleton owns: processes (``torchrun``), threads, seeds, the run directory and the run checkpoint, the data
+order (:class:`~boat_vit.engine.sampling.GlobalBatchSampler`: every sample augmented from its own seed),
+gradient accumulation, mixed precision and the grad scaler, gradient clipping, the optimizer step, the
+scheduler's per-update step, the EMA of the weights, the non-finite guard, the evaluation and checkpoint
+cadence, best/last checkpoints, progress bars, the metrics table, the curves and the summary, and exact
+resume. A run counts in epochs (evaluation and checkpoint after every epoch) or in iterations (evaluation
+every ``eval_interval`` and at the end, checkpoint every ``checkpoint_interval`` and at every evaluation).
+Every epoch (epoch runs) or iteration (iteration runs) starts from RNG states derived from the seed, so a
+resumed run repeats what an uninterrupted one computes, bit for bit.
+"""
+import dataclasses
+import math
+import random
+import time
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, ContextManager, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..errors import Argument, ConfigError, NonFiniteLossError
+from ..weights import WeightsReport, load_state_dict_into
+from .distributed import Distributed, setup_distributed
+from .options import RunOptions, merge_resumed
+from .run_checkpoint import RUN_CHECKPOINT_FORMAT, RunCheckpoint
+from .run_directory import Panels, RunDirectory
+from .sampling import GlobalBatchSampler, ResumedBatches, SeededSamples, derive_seed, seed_everything
+from .threads import set_threads
+
+__all__ = [
+    "AMP_DTYPES",
+    "EPOCHS",
+    "ITERATIONS",
+    "Evaluation",
+    "Schedule",
+    "StepOutput",
+    "TrainingData",
+    "TrainingTask",
+    "amp_dtype_for",
+    "autocast",
+    "check_finite",
+    "optimizer_step",
+    "raise_if_non_finite",
+    "rng_state",
+    "run_training",
+]
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+EPOCHS, ITERATIONS = "epoch", "iteration"  # the units a run counts in
+
+
+@dataclass
+class TrainingData:
+    """What a task trains on.
+
+    Attributes:
+        train_set: Indexable training samples (loaded and augmented under their own seed, see
+            :class:`~boat_vit.engine.sampling.SeededSamples`).
+        collate: Collates a list of samples into the batch :meth:`TrainingTask.training_step` takes.
+    """
+
+    train_set: Dataset
+    collate: Callable
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run is and when it evaluates and saves.
+
+    Attributes:
+        total: Epochs or iterations in all (what the scheduler gives, cool-down included).
+        eval_interval: Iterations between evaluations (iteration runs; epoch runs evaluate every epoch).
+        checkpoint_interval: Iterations between checkpoints (iteration runs; epoch runs save every epoch).
+    """
+
+    total: int
+    eval_interval: int = 1
+    checkpoint_interval: int = 1
+
+
+@dataclass
+class StepOutput:
+    """What one training micro-step gives the skeleton: the loss to back-propagate, the images it covered and
+    the unreadable samples its batch skipped."""
+
+    loss: torch.Tensor
+    images: int
+    skipped: int = 0
+
+
+@dataclass
+class Evaluation:
+    """One evaluation of a task.
+
+    Attributes:
+        row: The metrics of this evaluation, for ``metrics.csv`` (the task's :attr:`TrainingTask.metric_fields`);
+            ``skipped_images``: unreadable samples it skipped (the skeleton adds those of training).
+        score: The value the best checkpoint is chosen by (higher is better).
+        best: What to keep of this evaluation when it is the best so far (the checkpoint's and summary's
+            ``best``).
+        line: A line to print after it (``None``: nothing).
+    """
+
+    row: dict
+    score: float
+    best: dict
+    line: Optional[str] = None
+
+
+class TrainingTask(ABC):
+    """One kind of training on the skeleton: its data, model, loss, metrics and recipe.
+
+    A subclass sets the class attributes and implements the hooks; :func:`run_training` calls them in this
+    order: :meth:`check_batching`, :meth:`build_data`, :meth:`build_model`, :meth:`build_optimizer`,
+    :meth:`build_scheduler`, then :meth:`training_step` for every micro-step and :meth:`evaluate` at every
+    evaluation, :meth:`checkpoint_extras` at every checkpoint and :meth:`summary` at the end.
+
+    Attributes:
+        kind: The task's name, stored in its run checkpoints and checked where they are read.
+        unit: :data:`EPOCHS` or :data:`ITERATIONS`.
+        metric_fields: The columns of ``metrics.csv``: the unit first, then ``train_loss``, ``lr``, the task's
+            metrics (:attr:`Evaluation.row`) and ``images_per_s``, in the order wanted.
+        plot_panels: The panels of ``curves.png``.
+        sync_batch_norm: Convert batch norms to SyncBatchNorm under CUDA ``torchrun``.
+        config: The run's options (a :class:`~boat_vit.engine.options.RunOptions` dataclass with ``output``,
+            ``clip_grad`` and ``check()``).
+    """
+
+    kind: ClassVar[str]
+    unit: ClassVar[str]
+    metric_fields: ClassVar[tuple[str, ...]]
+    plot_panels: ClassVar[Panels]
+    sync_batch_norm: ClassVar[bool] = False
+
+    def __init__(self, config: RunOptions):
+        self.config = config
+
+    # ---- recipe and data --------------------------------------------------------------------------------
+
+    accum_steps: int = 1  # micro-steps per optimizer step
+    ema_decay: Optional[float] = None  # keep an EMA of the weights with this decay (evaluated and saved)
+
+    @abstractmethod
+    def check_batching(self, world: Distributed) -> int:
+        """The images of one micro-step over all processes (checked against the process count).
+
+        Raises:
+            ConfigError: the batch cannot be split so.
+        """
+
+    @abstractmethod
+    def build_data(self, world: Distributed, resumed: Optional[RunCheckpoint]) -> TrainingData:
+        """Training (and the task's evaluation) data; checks a resumed run's data is its own."""
+
+    # ---- model ------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """The model, freshly initialised under the run's seed (the same call for a new and a resumed run)."""
+
+    @abstractmethod
+    def model_args(self) -> dict:
+        """Plain data from which the task rebuilds :meth:`build_model`'s model exactly (stored in checkpoints)."""
+
+    def load_initial_weights(self, model: nn.Module) -> Optional[WeightsReport]:
+        """Loads the initial weights a new run was given (none by default); the report is printed and summarised."""
+        return None
+
+    # ---- optimisation -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The optimizer of ``model``'s parameters."""
+
+    @abstractmethod
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> tuple[Any, Schedule]:
+        """A timm scheduler (stepped with ``step_update(updates)`` after every optimizer step) and the run's
+        :class:`Schedule`."""
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, batch: Any, world: Distributed,
+                      amp_dtype: Optional[torch.dtype]) -> StepOutput:
+        """The loss of one micro-batch (on this process), under ``autocast`` where mixed precision is on."""
+
+    # ---- evaluation and results -------------------------------------------------------------------------
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, ema_model: Optional[nn.Module], world: Distributed,
+                 amp_dtype: Optional[torch.dtype], progress: bool, label: str) -> Evaluation:
+        """Evaluates the model (and its EMA); raises :class:`~boat_vit.errors.NonFiniteLossError` through
+        :func:`check_finite` for a non-finite result, which then stops the run before anything is saved."""
+
+    def checkpoint_extras(self) -> dict:
+        """The task's own entries of its run checkpoints (plain data, e.g. class names)."""
+        return {}
+
+    @abstractmethod
+    def summary(self, rows: list[dict], best: dict, weights: Optional[WeightsReport]) -> dict:
+        """The task's part of ``summary.json`` (the skeleton adds wall time, processes, output and options)."""
+
+    def title(self) -> str:
+        """The title of ``curves.png``."""
+        return self.kind
+
+
+# ---- mixed precision, the optimizer step and the non-finite guard ---------------------------------------
+
+
+def amp_dtype_for(device: torch.device, enabled: bool, name: Optional[str] = None) -> Optional[torch.dtype]:
+    """Mixed-precision dtype: ``None`` when off; bfloat16 on CPU and float16 on CUDA unless ``name`` says."""
+    if not enabled:
+        return None
+    if name is not None:
+        return AMP_DTYPES[name]
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> ContextManager:
+    """``torch.autocast`` to ``amp_dtype`` on ``device``, or a no-op context without mixed precision."""
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   clip_grad: Optional[float] = None) -> None:
+    """One update through the grad scaler: unscale and clip the gradient norm (if asked), step, zero grads."""
+    from timm.utils import dispatch_clip_grad
+
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        dispatch_clip_grad(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _stopped(what: str, output: str) -> NonFiniteLossError:
+    saved = RunDirectory.holds_checkpoint(output)
+    kept = (f"the last good checkpoint in {output} is intact" if saved else
+            f"no checkpoint had been saved in {output} yet")
+    return NonFiniteLossError(f"non-finite {what}; the run stopped before saving it and {kept} (try a lower ",
+                              Argument("lr"), ", ", Argument("clip_grad"), " or no ", Argument("amp"), ")")
+
+
+def check_finite(value: float, what: str, output: str) -> None:
+    """Raises :class:`~boat_vit.errors.NonFiniteLossError` for a NaN or infinite evaluation ``value``."""
+    if not math.isfinite(value):
+        raise _stopped(what, output)
+
+
+def raise_if_non_finite(loss: torch.Tensor, world: Distributed, where: str, output: str) -> None:
+    """Raises :class:`~boat_vit.errors.NonFiniteLossError` on every process when the loss of any process is
+    NaN or infinite."""
+    finite = torch.isfinite(loss.detach()).to(torch.float64)
+    if world.enabled:
+        finite = world.all_reduce_sum(finite.reshape(1)) / world.world_size
+    if float(finite) < 1:
+        raise _stopped(f"loss at {where}", output)
+
+
+def rng_state() -> dict:
+    """The global RNG states (torch, NumPy, Python) as plain data, for a checkpoint."""
+    numpy_state = np.random.get_state()
+    return dict(
+        torch=torch.get_rng_state(),
+        numpy=torch.from_numpy(numpy_state[1].astype(np.int64)),
+        numpy_pos=int(numpy_state[2]),
+        python=list(random.getstate()[1]),
+    )
+
+
+# ---- the run --------------------------------------------------------------------------------------------
+
+
+class _Running:
+    """Training loss, images, skipped samples and seconds since the last metrics row.
+
+    Summed over processes at every checkpoint and row: the main process keeps the sums, the others start again
+    from zero, so a checkpoint holds what a resumed run needs to finish the row.
+    """
+
+    def __init__(self, loss: float = 0.0, images: float = 0.0, skipped: float = 0.0, seconds: float = 0.0):
+        self.loss, self.images, self.skipped, self.seconds = loss, images, skipped, seconds
+
+    def add(self, step: StepOutput, seconds: float) -> None:
+        self.loss += float(step.loss.detach()) * step.images
+        self.images += step.images
+        self.skipped += step.skipped
+        self.seconds += seconds
+
+    def fold(self, world: Distributed) -> dict:
+        totals = world.all_reduce_sum(torch.tensor([self.loss, self.images, self.skipped], dtype=torch.float64))
+        if world.is_main:
+            self.loss, self.images, self.skipped = (float(t) for t in totals)
+        else:
+            self.loss = self.images = self.skipped = 0.0
+        return dict(loss=float(totals[0]), images=float(totals[1]), skipped=float(totals[2]), seconds=self.seconds)
+
+
+def _resume_point(task: TrainingTask, resumed: Optional[RunCheckpoint]) -> Optional[RunCheckpoint]:
+    """The checkpoint the run continues from (read here unless the caller read it), checked against the task."""
+    config = task.config
+    if config.resume is None:
+        return None
+    checkpoint = resumed if resumed is not None else RunCheckpoint.read(config.resume)
+    if checkpoint.task != task.kind:
+        raise ConfigError(Argument("resume", config.resume), f" is a {checkpoint.task} run, not a {task.kind} one")
+    checkpoint.check_continuable()
+    fields = [f.name for f in dataclasses.fields(config)]
+    merge_resumed(checkpoint.config, dataclasses.asdict(config), config.resume, fields)
+    return checkpoint
+
+
+def _restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def run_training(task: TrainingTask, resumed: Optional[RunCheckpoint] = None) -> dict:
+    """Trains (or continues) ``task``'s run.
+
+    Args:
+        task: The task, with its run's options.
+        resumed: The checkpoint of ``task.config.resume`` where the caller has read it already.
+
+    Returns:
+        The summary written to ``summary.json`` (on the main process; ``{}`` on the others).
+
+    Raises:
+        ConfigError, DataError, CheckpointError, WeightsMismatchError: input that cannot run, before training.
+        RunDirectoryError: the output folder cannot be used, or a file cannot be written.
+        NonFiniteLossError: the loss or an evaluation became non-finite (nothing of it is saved).
+    """
+    config = task.config
+    start_time = time.time()
+    config.check()
+    world = setup_distributed(config.device)
+    try:
+        set_threads(config.threads, config.workers, world.local_world_size)
+        micro_batch = task.check_batching(world)
+        seed_everything(config.seed)
+        run = RunDirectory(config.output, resume=config.resume is not None, overwrite=config.overwrite) \
+            if world.is_main else None
+        checkpoint = _resume_point(task, resumed)
+        data = task.build_data(world, checkpoint)
+        model = task.build_model()
+        weights = task.load_initial_weights(model) if checkpoint is None else None
+        if weights is not None and world.is_main:
+            print(weights.summary())
+        model.to(world.device)
+        if task.sync_batch_norm and world.enabled and world.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return _train(task, world, run, checkpoint, data, model, weights, micro_batch, start_time)
+    finally:
+        world.shutdown()
+
+
+def _train(task: TrainingTask, world: Distributed, run: Optional[RunDirectory], checkpoint: Optional[RunCheckpoint],
+           data: TrainingData, model: nn.Module, weights: Optional[WeightsReport], micro_batch: int,
+           start_time: float) -> dict:
+    from timm.utils import ModelEmaV3
+
+    config = task.config
+    sampler = GlobalBatchSampler(len(data.train_set), micro_batch, world.rank, world.world_size, config.seed)
+    batches = ResumedBatches(sampler, 0)
+    # The loader draws its worker seeds from its own generator, never from the global RNG: the model's random
+    # stream (drop path) is then the same for any number of workers and after a resume.
+    loader = DataLoader(SeededSamples(data.train_set), batch_sampler=batches, num_workers=config.workers,
+                        collate_fn=data.collate, persistent_workers=config.workers > 0, generator=torch.Generator())
+    updates_per_epoch = len(sampler) // task.accum_steps
+    if updates_per_epoch == 0:
+        raise ConfigError(f"fewer than {task.accum_steps} batches per epoch: lower ", Argument("accum_steps"))
+    optimizer = task.build_optimizer(model)
+    scheduler, schedule = task.build_scheduler(optimizer, updates_per_epoch)
+    amp_dtype = amp_dtype_for(world.device, config.amp, config.amp_dtype)
+    scaler = torch.amp.GradScaler(world.device.type, enabled=amp_dtype == torch.float16)
+    ema = ModelEmaV3(model, decay=task.ema_decay) if task.ema_decay else None
+
+    step, rows, best, running = 0, [], None, _Running()
+    if checkpoint is not None:
+        state = checkpoint.state
+        load_state_dict_into(model, state["model"], checkpoint.path, entry="model")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        step, rows, best = state["step"], state["metrics"], state["best"]
+        if world.is_main:
+            running = _Running(**state["running"])
+    ddp_model = DistributedDataParallel(model) if world.enabled else model
+    loop = _Loop(task, world, run, model, ddp_model, ema, optimizer, scheduler, scaler, amp_dtype, schedule,
+                 updates_per_epoch, rows, best, running)
+    if task.unit == EPOCHS:
+        loop.by_epochs(loader, sampler, start=step)
+    else:
+        loop.by_iterations(loader, sampler, batches, start=step)
+
+    summary = {}
+    if world.is_main:
+        summary = dict(task.summary(loop.rows, loop.best, weights), wall_time_s=time.time() - start_time,
+                       world_size=world.world_size, output=str(config.output), args=dataclasses.asdict(config))
+        run.write_summary(summary)
+    return summary
+
+
+class _Loop:
+    """The training loop of one run: micro-steps, updates, evaluations and checkpoints."""
+
+    def __init__(self, task, world, run, model, ddp_model, ema, optimizer, scheduler, scaler, amp_dtype, schedule,
+                 updates_per_epoch, rows, best, running):
+        self.task, self.world, self.run, self.model, self.ddp_model, self.ema = task, world, run, model, ddp_model, ema
+        self.optimizer, self.scheduler, self.scaler, self.amp_dtype = optimizer, scheduler, scaler, amp_dtype
+        self.schedule, self.updates_per_epoch = schedule, updates_per_epoch
+        self.rows, self.best, self.running = rows, best, running
+        self.config = task.config
+        self.show = self.config.progress and world.is_main
+
+    def micro_step(self, batch: Any, step: int, where: str) -> tuple[bool, StepOutput]:
+        """Forward and backward of one micro-batch; an optimizer step (and scheduler step) at the last one of
+        an update. Returns whether an update happened."""
+        accum = self.task.accum_steps
+        last_micro_step = (step + 1) % accum == 0
+        sync = nullcontext() if (last_micro_step or not self.world.enabled) else self.ddp_model.no_sync()
+        with sync:
+            output = self.task.training_step(self.ddp_model, batch, self.world, self.amp_dtype)
+            raise_if_non_finite(output.loss, self.world, where, self.config.output)
+            self.scaler.scale(output.loss / accum).backward()
+        if last_micro_step:
+            optimizer_step(self.model, self.optimizer, self.scaler, self.config.clip_grad)
+        return last_micro_step, output
+
+    def updated(self, updates: int) -> None:
+        self.scheduler.step_update(updates)
+        if self.ema is not None:
+            self.ema.update(self.model, step=updates)
+
+    def evaluate(self, step: int, label: str) -> bool:
+        """Evaluates, appends the metrics row and keeps the best; returns whether it is the best so far."""
+        evaluation = self.task.evaluate(self.model, self.ema.module if self.ema is not None else None, self.world,
+                                        self.amp_dtype, self.show, label)
+        totals = self.running.fold(self.world)
+        row = {self.task.unit: step, "train_loss": totals["loss"] / max(totals["images"], 1),
+               "lr": self.optimizer.param_groups[0]["lr"], **evaluation.row,
+               "images_per_s": totals["images"] / max(totals["seconds"], 1e-9),
+               "skipped_images": int(totals["skipped"]) + evaluation.row.get("skipped_images", 0)}
+        self.rows.append(row)
+        self.running = _Running()
+        is_best = self.best is None or evaluation.score > self.best["score"]
+        if is_best:
+            self.best = dict(evaluation.best, score=evaluation.score, step=step)
+        if evaluation.line and self.show:
+            tqdm.write(evaluation.line)
+        return is_best
+
+    def save(self, step: int, is_best: bool) -> None:
+        """Writes the checkpoint (and best.pth for a new best), the metrics table and the curves (main process)."""
+        running = self.running.fold(self.world)
+        if self.run is not None:
+            task = self.task
+            state = dict(
+                format=RUN_CHECKPOINT_FORMAT, task=task.kind, config=dataclasses.asdict(self.config),
+                model_args=task.model_args(), model=self.model.state_dict(),
+                ema=self.ema.state_dict() if self.ema is not None else None, optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(), step=step,
+                metrics=self.rows, best=self.best, running=running, **task.checkpoint_extras(),
+            )
+            self.run.save_checkpoint(state, is_best)
+            self.run.write_metrics(self.rows, task.metric_fields)
+            self.run.plot(self.rows, task.plot_panels, title=task.title(), x=task.unit,
+                          x_offset=1 if task.unit == EPOCHS else 0)
+        self.world.barrier()
+
+    def by_epochs(self, loader: DataLoader, sampler: GlobalBatchSampler, start: int) -> None:
+        """Epoch ``start`` to the end: each epoch from its own seed, evaluated and saved."""
+        total = self.schedule.total
+        for epoch in range(start, total):
+            seed_everything(derive_seed(self.config.seed, epoch))
+            sampler.set_epoch(epoch)
+            self.ddp_model.train()
+            updates, started = epoch * self.updates_per_epoch, time.perf_counter()
+            bar = tqdm(loader, desc=f"train {epoch + 1}/{total}", disable=not self.show, leave=False,
+                       dynamic_ncols=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            for micro, batch in enumerate(bar):
+                stepped, output = self.micro_step(batch, micro, f"epoch {epoch + 1}, step {micro + 1}")
+                if stepped:
+                    updates += 1
+                    self.updated(updates)
+                self.running.add(output, 0.0)
+                self.running.seconds = time.perf_counter() - started
+                bar.set_postfix(loss=f"{float(output.loss.detach()):.4f}",
+                                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                img_s=f"{self.running.images * self.world.world_size / max(self.running.seconds, 1e-9):.1f}")
+            self.running.seconds = time.perf_counter() - started
+            is_best = self.evaluate(epoch, f"eval {epoch + 1}/{total}")
+            self.save(epoch + 1, is_best)
+
+    def by_iterations(self, loader: DataLoader, sampler: GlobalBatchSampler, batches: ResumedBatches,
+                      start: int) -> None:
+        """Iteration ``start`` to the end, each from its own seed; evaluations and checkpoints on schedule."""
+        schedule, iteration = self.schedule, start
+        bar = tqdm(total=schedule.total, initial=iteration, desc="train", disable=not self.show, dynamic_ncols=True)
+        self.ddp_model.train()
+        while iteration < schedule.total:
+            epoch, batches.start = divmod(iteration, len(sampler))
+            sampler.set_epoch(epoch)
+            for batch in loader:
+                seed_everything(derive_seed(self.config.seed, iteration))
+                started = time.perf_counter()
+                _, output = self.micro_step(batch, 0, f"iteration {iteration + 1}")
+                iteration += 1
+                self.updated(iteration)
+                self.running.add(output, time.perf_counter() - started)
+                bar.update()
+                bar.set_postfix(loss=f"{float(output.loss.detach()):.4f}",
+                                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                evaluate_now = iteration % schedule.eval_interval == 0 or iteration == schedule.total
+                is_best = False
+                if evaluate_now:
+                    is_best = self.evaluate(iteration, f"eval @{iteration}")
+                    self.ddp_model.train()
+                if evaluate_now or iteration % schedule.checkpoint_interval == 0:
+                    self.save(iteration, is_best)
+                if iteration >= schedule.total:
+                    break
+        bar.close()
