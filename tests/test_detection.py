@@ -13,8 +13,9 @@ from pycocotools import mask as mask_utils
 
 from boat_vit.det import CocoDetection, create_detector, evaluate_detection, predict_images
 from boat_vit.det.model import load_backbone_weights
+from boat_vit.errors import DataError
 from boat_vit.det.data import (
-    AnnotationError, CategoryMap, CocoSplit, SampleProblem, TrainTransform, check_images, decode_mask, mask_problem,
+    AnnotationError, CategoryMap, CocoSplit, TrainTransform, check_images, decode_mask, mask_problem,
     read_coco_json, resolve_coco_split, scaled_size,
 )
 from boat_vit.det.evaluate import coco_scores, to_coco_results
@@ -302,8 +303,8 @@ def test_an_image_of_another_size_than_its_record_is_named(tmp_path):
     split = _write_coco(tmp_path, [GOOD], IMAGES[:1], sizes={1: (41, 30)})
     dataset = CocoDetection(split)
     item = dataset[0]
-    assert isinstance(item, SampleProblem)
-    assert item.message == f"image {split.images / 'a.png'} is 41x30 but {split.annotations} says 40x30 (image 1)"
+    assert isinstance(item, DataError)
+    assert str(item) == f"image {split.images / 'a.png'} is 41x30 but {split.annotations} says 40x30 (image 1)"
     with pytest.raises(ValueError, match="is 41x30 but"):
         check_images(dataset)
 

@@ -48,7 +48,6 @@ __all__ = [
     "CategoryMap",
     "CocoDetection",
     "CocoSplit",
-    "SampleProblem",
     "EvalTransform",
     "TrainTransform",
     "check_images",
@@ -83,13 +82,6 @@ CHECK_BATCH = 64
 
 class AnnotationError(DataError):
     """A bad annotation found with ``on_bad="error"``: the message names the file and the annotation id."""
-
-
-class SampleProblem:
-    """A sample that cannot be used; returned instead of raised so the message reaches the main process."""
-
-    def __init__(self, message: str):
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -321,7 +313,8 @@ class CocoDetection(Dataset):
 
     ``target`` holds ``boxes`` (float32 ``(N, 4)``, ``x1, y1, x2, y2`` in pixels), ``labels`` (int64, ``1..K``
     in :attr:`categories` order), ``masks`` (uint8 ``(N, H, W)``, with ``masks=True``) and ``image_id``. An
-    image whose file cannot be read or whose size differs from the file's record becomes a :class:`SampleProblem`.
+    image whose file cannot be read or whose size differs from the file's record becomes a
+    :class:`~boat_vit.errors.DataError` (returned, not raised).
 
     Args:
         split: The annotation file and image folder.
@@ -501,13 +494,13 @@ class CocoDetection(Dataset):
         try:
             image, target = self.load(index)
         except (OSError, ValueError) as error:
-            return SampleProblem(str(error))
+            return error if isinstance(error, DataError) else DataError(str(error))  # reaches the main process
         return self.transform(image, target)
 
 
-def collate_detection(batch: Sequence) -> Union[tuple[list[torch.Tensor], list[dict]], SampleProblem]:
-    """Lists of images and targets (sizes differ), or the first :class:`SampleProblem` of the batch."""
-    errors = [item for item in batch if isinstance(item, SampleProblem)]
+def collate_detection(batch: Sequence) -> Union[tuple[list[torch.Tensor], list[dict]], DataError]:
+    """Lists of images and targets (sizes differ), or the first :class:`~boat_vit.errors.DataError` of the batch."""
+    errors = [item for item in batch if isinstance(item, DataError)]
     if errors:
         return errors[0]
     images, targets = zip(*batch)
@@ -515,10 +508,10 @@ def collate_detection(batch: Sequence) -> Union[tuple[list[torch.Tensor], list[d
 
 
 def checked_batches(loader: Iterable) -> Iterator[tuple[list[torch.Tensor], list[dict]]]:
-    """The batches of ``loader``; a :class:`SampleProblem` is raised here, in the main process, as a DataError."""
+    """The batches of ``loader``; a :class:`~boat_vit.errors.DataError` a worker returned is raised here, in the main process."""
     for batch in loader:
-        if isinstance(batch, SampleProblem):
-            raise DataError(batch.message)
+        if isinstance(batch, DataError):
+            raise batch
         yield batch
 
 

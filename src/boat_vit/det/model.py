@@ -18,6 +18,7 @@ more output for the background (label 0). Labels ``1..num_classes`` are the cate
 (:class:`~boat_vit.det.data.CategoryMap`).
 """
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -31,12 +32,14 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from ..errors import Argument, ConfigError
-from ..models import check_model_name, weights_filter
-from ..weights import StateDict, WeightsReport, load_weights
+from ..engine import RunCheckpoint
+from ..errors import Argument, CheckpointError, ConfigError
+from ..models import check_architecture_arguments, check_model_name, weights_filter
+from ..weights import StateDict, WeightsReport, load_state_dict_into, load_weights
+from .data import CategoryMap
 
-__all__ = ["DETECTOR_KINDS", "PYRAMID_STRIDES", "TimmFeaturePyramid", "create_detector", "detector_backbone",
-           "load_backbone_weights"]
+__all__ = ["DETECTOR_ARGUMENTS", "DETECTOR_KINDS", "PYRAMID_STRIDES", "TimmFeaturePyramid", "TrainedDetector",
+           "build_detector", "create_detector", "detector_backbone", "load_backbone_weights", "load_detector"]
 
 DETECTOR_KINDS = {"mask_rcnn": MaskRCNN, "faster_rcnn": FasterRCNN}
 PYRAMID_STRIDES = (4, 8, 16, 32)  # backbone feature maps the FPN takes (mmdetection's Swin/CSWin set-up)
@@ -245,3 +248,51 @@ def load_backbone_weights(detector: GeneralizedRCNN, path: Union[str, Path], ent
     pyramid = detector_backbone(detector)
     return load_weights(pyramid.body, path, pyramid.weights_filter, key=entry, allow_partial=allow_partial,
                         backbone=True)
+
+
+# The arguments of create_detector a run checkpoint stores (model_args), backbone keywords apart.
+DETECTOR_ARGUMENTS = ("backbone", "num_classes", "kind", "min_size", "max_size", "fpn_channels", "box_head_channels",
+                      "mask_head_channels", "roi_samples_per_image", "drop_path_rate", "detections_per_image",
+                      "score_threshold", "backbone_kwargs")
+
+
+def build_detector(model_args: dict[str, Any], source: str = "the arguments") -> GeneralizedRCNN:
+    """:func:`create_detector` from stored arguments (:data:`DETECTOR_ARGUMENTS`; ``backbone_kwargs`` apart).
+
+    Raises:
+        CheckpointError: arguments other than those, or backbone keywords a file may not set (``source`` names
+            the file).
+    """
+    if not isinstance(model_args, dict) or set(model_args) - set(DETECTOR_ARGUMENTS):
+        raise CheckpointError(f"{source} holds detector arguments other than {list(DETECTOR_ARGUMENTS)}")
+    arguments = dict(model_args)
+    backbone_kwargs = check_architecture_arguments(arguments.pop("backbone_kwargs", {}), source)
+    return create_detector(**arguments, **backbone_kwargs)
+
+
+@dataclass
+class TrainedDetector:
+    """A trained detector (eval mode) and the categories its labels stand for."""
+
+    model: GeneralizedRCNN
+    categories: CategoryMap
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the detector predicts instance masks (Mask R-CNN)."""
+        return self.model.roi_heads.has_mask()
+
+
+def load_detector(checkpoint: Union[str, Path], device: torch.device = torch.device("cpu")) -> TrainedDetector:
+    """The detector of a detection run checkpoint (``best.pth`` / ``last.pth`` or a run directory), rebuilt
+    with every argument it was trained with, in eval mode.
+
+    Raises:
+        CheckpointError: not a detection run checkpoint.
+        WeightsMismatchError: weights that do not fit the stored arguments.
+    """
+    run = RunCheckpoint.read(checkpoint, task="detection")
+    model = build_detector(run.model_args, str(checkpoint))
+    load_state_dict_into(model, run.weights(), run.path, entry="model")
+    categories = run.entry("categories")
+    return TrainedDetector(model.to(device).eval(), CategoryMap(tuple(categories["ids"]), tuple(categories["names"])))

@@ -84,6 +84,9 @@ def predict_images(model: nn.Module, categories: CategoryMap, images: Sequence[s
         FileNotFoundError, ValueError: an image cannot be read (named).
     """
     output = Path(output)
+    missing = [str(path) for path in images if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     stems = output_stems(images)
     pictures = [output / f"{stem}{PICTURE_SUFFIX}" for stem in stems]
     results_path = output / RESULTS_FILE
