@@ -2,6 +2,10 @@
 COCOeval scores against hand-computed AP, prediction pictures and results, the digit-det task."""
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from boat_vit.det import CocoDetection, create_detector, evaluate_detection, predict_images
+from boat_vit.cli import main as cli_main
+from boat_vit.det import CocoDetection, DetectionTask, create_detector, evaluate_detection, predict_images
+from boat_vit.det.recipes import resolve_det_config
+from boat_vit.engine import RunCheckpoint
 from boat_vit.det.model import load_backbone_weights
 from boat_vit.errors import DataError
 from boat_vit.det.data import (
@@ -541,3 +548,249 @@ def test_drawing_leaves_the_image_alone_without_detections():
     empty = dict(boxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.int64),
                  masks=torch.zeros(0, 1, 10, 20))
     assert np.array_equal(np.asarray(draw_detections(image, empty, CategoryMap((1,), ("a",)))), np.asarray(image))
+
+
+# ------------------------------------------------------------------------------------- training and commands
+
+TINY_TASK = "digit-det:canvas=48,max_digits=2,min_size=12,max_size=24,train_size=16,val_size=4"
+TRAIN_ARGS = [
+    "det-train", "--preset", "digit_det", "--data", TINY_TASK, "--backbone-kwargs", json.dumps(TINY_SWIN),
+    "--fpn-channels", "16", "--box-head-channels", "32", "--mask-head-channels", "8", "--roi-samples", "32",
+    "--train-scales", "48", "--test-scale", "48", "--max-size", "48", "--batch-size", "4", "--epochs", "2",
+    "--lr-steps", "1", "--warmup-iters", "2", "--eval-interval", "4", "--checkpoint-interval", "1", "--workers", "0",
+    "--no-progress", "--seed", "1",
+]
+
+
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory):
+    """Generated data sets go to a temporary cache (``$BOAT_VIT_DATA``) for these tests and their subprocesses."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("data-cache")
+        patch.setenv("BOAT_VIT_DATA", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def trained(data_cache, tmp_path_factory) -> Path:
+    """Eight iterations of a tiny Mask R-CNN on a tiny digit-det: evaluations at 4 and 8, a checkpoint at each."""
+    run = tmp_path_factory.mktemp("det") / "run"
+    assert cli_main([*TRAIN_ARGS, "--output", str(run)]) == 0
+    return run
+
+
+def _weights(run: Path) -> dict:
+    return RunCheckpoint.read(run).weights()
+
+
+def test_det_train_writes_the_run_directory(trained, capsys):
+    rows = (trained / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert header[:3] == ["iteration", "train_loss", "lr"] and "box_ap" in header and "mask_apl" in header
+    assert [row.split(",")[0] for row in rows[1:]] == ["4", "8"]
+    assert all((trained / name).is_file() for name in ("last.pth", "best.pth", "summary.json", "curves.png"))
+    run = RunCheckpoint.read(trained, task="detection")
+    assert run.state["step"] == 8 and run.model_args["num_classes"] == 10 and run.model_args["min_size"] == 48
+    assert run.entry("categories")["names"] == [str(d) for d in range(10)]
+    assert run.entry("backbone_part") == dict(task="detection", prefix="backbone.body.",
+                                              renames={f"layers_{i}.": f"layers.{i}." for i in range(4)})
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["annotations"]["train"]["images"] == 16 and summary["best"]["box"]["AP"] == summary["best_box_ap"]
+    assert math.isfinite(summary["final_box_ap"]) and summary["iterations"] == 8
+    lrs = [float(row.split(",")[2]) for row in rows[1:]]  # the rate of the next update: epoch 2's, decayed at 1
+    assert lrs == pytest.approx([1e-4, 1e-4])
+
+
+def test_the_learning_rate_warms_up_and_steps_down_at_epoch_boundaries():
+    task = DetectionTask(resolve_det_config(dict(lr=1e-4, warmup_iters=10, warmup_ratio=0.001, epochs=12,
+                                                 lr_steps=[8, 11])))
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    scheduler, schedule = task.build_scheduler(optimizer, updates_per_epoch=100)
+    assert schedule.total == 1200 and schedule.eval_interval == 100 and schedule.checkpoint_interval == 100
+
+    def lr_after(updates: int) -> float:  # the rate of the next update (index `updates`, from 0)
+        scheduler.step_update(updates)
+        return optimizer.param_groups[0]["lr"]
+
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-7)
+    assert lr_after(5) == pytest.approx(1e-4 * (0.001 + 0.999 * 5 / 10))
+    assert [lr_after(n) for n in (10, 799, 800, 1099, 1100)] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5, 1e-6])
+
+
+def test_weight_decay_spares_norms_biases_and_relative_position_tables(data_cache):
+    task = DetectionTask(resolve_det_config(dict(backbone_kwargs=TINY_SWIN, weight_decay=0.05, **{
+        k: v for k, v in dict(fpn_channels=16, box_head_channels=32, mask_head_channels=8).items()})))
+    model = create_detector(SWIN, 2, **TINY_HEADS, **TINY_SWIN)
+    decay, no_decay = task.build_optimizer(model).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    spared = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert "backbone.body.layers_0.blocks.0.attn.relative_position_bias_table" in spared
+    assert "backbone.body.layers_0.blocks.0.norm1.weight" in spared and "backbone.fpn.inner_blocks.0.0.bias" in spared
+    assert not any(p.ndim <= 1 for p in decay["params"]) and len(spared) + len(decay["params"]) == len(names)
+
+
+def test_presets_and_overrides():
+    config = resolve_det_config(dict(preset="coco_maskrcnn_3x"))
+    assert config.train_scales == tuple(range(480, 801, 32)) and config.epochs == 36 and config.lr_steps == (27, 33)
+    assert (config.lr, config.weight_decay, config.batch_size, config.max_size) == (1e-4, 0.05, 16, 1333)
+    assert config.drop_path == 0.2 and config.kind == "mask_rcnn"
+    one_x = resolve_det_config(dict(preset="coco_maskrcnn_1x", backbone="boat_cswin_base_224", lr=2e-4))
+    assert one_x.train_scales == (800,) and one_x.lr_steps == (8, 11) and one_x.drop_path == 0.3 and one_x.lr == 2e-4
+    assert resolve_det_config(dict(backbone="resnet50")).drop_path == 0.0
+    for overrides, message in [(dict(preset="coco"), "unknown preset 'coco'"),
+                               (dict(epochs=10, lr_steps=[8, 12]), "lr_steps must be increasing epochs below epochs=10"),
+                               (dict(lr=0), "lr must be > 0"), (dict(on_bad="ignore"), "on_bad must be one of"),
+                               (dict(partial_weights=True), "partial_weights applies to backbone_weights")]:
+        with pytest.raises(ValueError) as error:
+            resolve_det_config(overrides)
+        assert message in str(error.value)
+
+
+def test_resume_after_sigkill_is_exact(trained, tmp_path):
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "boat_vit", *TRAIN_ARGS, "--output", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "last.pth").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert RunCheckpoint.read(killed).state["step"] < 8
+    assert cli_main(["det-train", "--resume", str(killed), "--no-progress"]) == 0
+    reference, resumed = _weights(trained), _weights(killed)
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[key], resumed[key]) for key in reference)
+    drop_speed = lambda text: [row.rsplit(",", 1)[0] for row in text.splitlines()]  # noqa: E731
+    assert drop_speed((killed / "metrics.csv").read_text()) == drop_speed((trained / "metrics.csv").read_text())
+
+
+def test_two_process_evaluation_equals_one(trained, tmp_path, capsys):
+    one = ["--checkpoint", str(trained / "best.pth"), "--data", TINY_TASK, "--workers", "0"]
+    assert cli_main(["det-eval", *one, "--json", str(tmp_path / "one.json"),
+                     "--results", str(tmp_path / "one_results.json")]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "boat_vit", "det-eval",
+               *one, "--device", "cpu", "--threads", "1", "--json", str(tmp_path / "two.json"),
+               "--results", str(tmp_path / "two_results.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one_scores, two_scores = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one_scores == two_scores and one_scores["images"] == 4
+    assert (tmp_path / "one_results.json").read_text() == (tmp_path / "two_results.json").read_text()
+    results = json.loads((tmp_path / "one_results.json").read_text())
+    assert {r["image_id"] for r in results} <= {1, 2, 3, 4} and all("segmentation" in r for r in results)
+
+
+def test_det_eval_keeps_existing_outputs_and_checks_categories(trained, tmp_path, capsys):
+    (tmp_path / "scores.json").write_text("mine")
+    args = ["det-eval", "--checkpoint", str(trained / "best.pth"), "--workers", "0"]
+    assert cli_main([*args, "--data", TINY_TASK, "--json", str(tmp_path / "scores.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scores.json exists; pass --overwrite to replace it" in err
+    assert (tmp_path / "scores.json").read_text() == "mine"
+    split = _write_coco(tmp_path / "other", [GOOD], IMAGES[:1], split="val2017")
+    assert cli_main([*args, "--data", str(split.annotations.parents[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has categories ['cat', 'dog'], the model was trained on ['0', '1'," in err
+
+
+def test_det_predict_command(trained, data_cache, tmp_path, capsys):
+    root = prepare_digit_det(TINY_TASK)
+    images = [str(path) for path in sorted((root / "val").glob("*.png"))[:2]]
+    assert cli_main(["det-predict", *images, "--checkpoint", str(trained / "best.pth"), "--output",
+                     str(tmp_path / "out"), "--score-threshold", "0", "--upscale", "2"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert [Path(p).name for p in printed] == ["000000_detections.png", "000001_detections.png", RESULTS_FILE]
+    assert Image.open(printed[0]).size == (96, 96)
+    results = json.loads(Path(printed[2]).read_text())
+    assert {r["file_name"] for r in results} <= set(images) and all(1 <= r["category_id"] <= 10 for r in results)
+    assert cli_main(["det-predict", images[0], "missing.png", "--checkpoint", str(trained / "best.pth"),
+                     "--output", str(tmp_path / "none")]) == 2
+    assert "image not found: missing.png" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_a_detection_checkpoint_gives_its_backbone_to_other_tasks(trained, tmp_path, capsys):
+    from boat_vit.seg import BoatUPerNet
+    from boat_vit.seg import load_backbone_weights as load_segmentation_backbone
+
+    detector = create_detector(SWIN, 3, **TINY_HEADS, **TINY_SWIN)
+    report = load_backbone_weights(detector, trained / "best.pth")
+    assert report.entry == "model (backbone)" and not report.initial and not report.unused
+    trained_body = {k.removeprefix("backbone.body."): v for k, v in _weights(trained / "best.pth").items()
+                    if k.startswith("backbone.body.")}
+    assert all(torch.equal(detector.backbone.body.state_dict()[k], v) for k, v in trained_body.items())
+    segmenter = BoatUPerNet(SWIN, 3, TINY_SWIN, decoder_channels=16)
+    assert not load_segmentation_backbone(segmenter, trained / "best.pth").initial
+    assert cli_main(["eval", "--model", SWIN, "--pretrained-file", str(trained / "best.pth")]) == 2
+    assert "best.pth is a detection run checkpoint: only its backbone" in capsys.readouterr().err
+
+
+def test_bad_annotations_in_det_train_are_reported_or_stop_in_one_line(data_cache, tmp_path, capsys):
+    root = tmp_path / "coco"
+    bad_box = BAD["outside"][0]
+    _write_coco(root, [GOOD, dict(GOOD, id=18, image_id=2, bbox=[2, 2, 8, 8], segmentation=[[2, 2, 10, 2, 10, 10]]),
+                       bad_box], IMAGES[:2], split="train2017")
+    _write_coco(root, [GOOD], IMAGES[:1], split="val2017")
+    args = [*TRAIN_ARGS, "--data", str(root), "--batch-size", "2", "--epochs", "1", "--lr-steps", "--eval-interval",
+            "1", "--output", str(tmp_path / "run")]
+    assert cli_main([*args, "--on-bad", "error"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "instances_train2017.json: annotation 11 (image 1, a.png): has box [45, 5, 10, " \
+                                    "10] outside the 40x30 image" in err
+    assert not (tmp_path / "run" / "last.pth").exists()
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 of 3 annotations as targets" in out and "1 boxes outside their image: annotation 11" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["annotations"]["train"]["bad"] == {"outside": 1}
+
+
+def test_a_non_finite_evaluation_stops_the_run_before_saving(data_cache, tmp_path, monkeypatch, capsys):
+    import boat_vit.det.train as det_train
+    from boat_vit.det.evaluate import DetectionScores
+
+    nan_scores = {metric: 0.0 for metric in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    monkeypatch.setattr(det_train, "evaluate_detection", lambda *args, **kwargs: (
+        DetectionScores(box=nan_scores, mask=nan_scores, images=4, detections=3, non_finite=2), []))
+    assert cli_main([*TRAIN_ARGS, "--output", str(tmp_path / "run"), "--checkpoint-interval", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "non-finite detections at eval @4 (2 with NaN or infinite values)" in err
+    assert "try a lower --lr, --clip-grad or no --amp" in err
+    assert not (tmp_path / "run" / "best.pth").exists() and not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_det_train_help_lists_the_recipe(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["det-train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--preset", "--train-scales", "--lr-steps", "--backbone-weights", "--on-bad", "--keep-empty",
+                   "coco_maskrcnn_3x", "digit_det", "--resume", "--amp"):
+        assert option in text
+
+
+def _trivial_detector_ap(train: CocoDetection, val: CocoDetection) -> float:
+    """Box AP of a detector that knows only where objects are on average: one box per image and category at the
+    mean training box, score 1."""
+    boxes = torch.tensor([box for record in train.records for box in record.boxes]).mean(0).tolist()
+    x1, y1, x2, y2 = boxes
+    results = [dict(image_id=record.image_id, category_id=category, bbox=[x1, y1, x2 - x1, y2 - y1], score=1.0)
+               for record in val.records for category in val.categories.ids]
+    return coco_scores(val.coco, results, "bbox", [record.image_id for record in val.records])["AP"]
+
+
+@pytest.mark.slow
+def test_digit_det_box_ap_clearly_beats_a_trivial_detector(data_cache, tmp_path):
+    """The digit_det recipe for one epoch (250 iterations): box and mask AP far above those of boxes at the mean
+    place (about 0.003)."""
+    run = tmp_path / "run"
+    assert cli_main(["det-train", "--preset", "digit_det", "--epochs", "1", "--eval-interval", "125",
+                     "--output", str(run), "--workers", "0", "--no-progress"]) == 0
+    root = prepare_digit_det("digit-det")
+    trivial = _trivial_detector_ap(CocoDetection(resolve_coco_split(root, "train")),
+                                   CocoDetection(resolve_coco_split(root, "val")))
+    summary = json.loads((run / "summary.json").read_text())
+    assert trivial < 0.1
+    assert summary["final_box_ap"] > 10 and summary["best"]["mask"]["AP"] > 10
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert float(rows[-1].split(",")[3]) > float(rows[0].split(",")[3])  # box AP rises

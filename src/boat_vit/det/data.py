@@ -26,6 +26,7 @@ import io
 import json
 import math
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,7 +250,9 @@ def decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
         rle = mask_utils.frPyObjects(segmentation, height, width)
     else:
         rle = dict(segmentation, counts=segmentation["counts"].encode("ascii"))
-    return mask_utils.decode(rle)
+    with warnings.catch_warnings():  # pycocotools' decoder predates NumPy 2's copy keyword and says so each call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle)
 
 
 @dataclass
