@@ -40,11 +40,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ... 3x: 36 epochs, shorter side drawn from 480-800 (step 32), steps at 27 and 33.
     "coco_maskrcnn_3x": dict(_COCO_MASK_RCNN, data="data/coco", train_scales=MULTI_SCALE_SHORTER_SIDES, epochs=36,
                              lr_steps=(27, 33)),
-    # The digit-det task: a small BOAT-Swin from scratch on 128x128 canvases, narrow heads; minutes on a CPU.
+    # The digit-det task: a small BOAT-Swin from scratch on 128x128 canvases (at most 4 digits each: 20 detections
+    # per image suffice), narrow heads; minutes on a CPU.
     "digit_det": dict(
         data="digit-det", backbone="boat_swin_tiny_patch4_window7_224",
         backbone_kwargs=dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)), kind="mask_rcnn",
-        fpn_channels=64, box_head_channels=256, mask_head_channels=64, roi_samples=128, detections_per_image=100,
+        fpn_channels=64, box_head_channels=256, mask_head_channels=64, roi_samples=128, detections_per_image=20,
         train_scales=(DIGIT_CANVAS,), test_scale=DIGIT_CANVAS, max_size=DIGIT_CANVAS, hflip=0.0, keep_empty=False,
         batch_size=4, lr=1e-3, weight_decay=0.05, epochs=2, lr_steps=(), lr_decay=0.1, warmup_iters=50,
         warmup_ratio=0.001, clip_grad=5.0, drop_path=0.0, eval_interval=50,
