@@ -97,6 +97,15 @@ def test_segmentation_does_not_lean_on_classification(graph):
     assert not leaning, f"classification modules importing segmentation: {leaning}"
 
 
+def test_detection_does_not_lean_on_the_other_tasks(graph):
+    leaning = sorted((m, t) for m, targets in graph.items() if _within(m, ["boat_vit.det"])
+                     for t in targets if _within(t, ["boat_vit.classification", "boat_vit.seg"]))
+    assert not leaning, f"detection modules importing another task: {leaning}"
+    leaning = sorted((m, t) for m, targets in graph.items() if _within(m, ["boat_vit.classification", "boat_vit.seg"])
+                     for t in targets if _within(t, ["boat_vit.det"]))
+    assert not leaning, f"task modules importing detection: {leaning}"
+
+
 def test_the_model_library_stands_below_the_tasks_and_tools(graph):
     upward = sorted((m, t) for m, targets in graph.items() if _within(m, MODEL_LIBRARY)
                     for t in targets if _within(t, ABOVE_THE_LIBRARY))
