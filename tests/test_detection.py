@@ -760,6 +760,16 @@ def test_a_non_finite_evaluation_stops_the_run_before_saving(data_cache, tmp_pat
     assert not (tmp_path / "run" / "best.pth").exists() and not (tmp_path / "run" / "last.pth").exists()
 
 
+def test_mixed_precision_trains_and_evaluates(data_cache, tmp_path):
+    run = tmp_path / "run"
+    assert cli_main([*TRAIN_ARGS, "--output", str(run), "--amp", "--epochs", "1", "--lr-steps",
+                     "--checkpoint-interval", "4"]) == 0  # bfloat16 autocast on CPU: 4 iterations, one evaluation
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["4"]
+    assert all(math.isfinite(float(value)) for row in rows for value in row.split(",")[1:4])
+    assert RunCheckpoint.read(run).config["amp"] is True
+
+
 def test_det_train_help_lists_the_recipe(capsys):
     with pytest.raises(SystemExit):
         cli_main(["det-train", "--help"])
