@@ -2,6 +2,7 @@
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from ..det import evaluate_detection, format_scores, load_detector, predict_images
@@ -122,8 +123,12 @@ def _run_eval(args: argparse.Namespace) -> int:
             if dataset.report.bad_total:
                 print(dataset.report.summary())
             print(format_scores(scores))
-            if args.json:
-                write_text(args.json, json.dumps(dataclasses.asdict(scores), indent=2))
+            if args.json:  # undefined scores (no object of a size) as null: NaN is not JSON
+                values = dataclasses.asdict(scores)
+                for kind in ("box", "mask"):
+                    if values[kind] is not None:
+                        values[kind] = {k: None if math.isnan(v) else v for k, v in values[kind].items()}
+                write_text(args.json, json.dumps(values, indent=2))
             if args.results:
                 write_text(args.results, json.dumps(results))
     finally:
