@@ -30,16 +30,22 @@ def released_mini(reference, tmp_path):
 def test_cli_convert_then_checkpoint_path_reproduces_reference(released_mini, tmp_path, capsys):
     ref, src = released_mini
     out = tmp_path / "mini.safetensors"
-    args = ["convert", str(src), str(out), "--model", TINY, "--key", "state_dict", "--model-args", json.dumps(REFERENCE_MINI)]
+    args = ["convert", str(src), str(out), "--model", TINY, "--key", "state_dict", "--model-kwargs",
+            json.dumps(REFERENCE_MINI)]
     assert main(args) == 0
     assert f"wrote {out} ({TINY}, weights from entry 'state_dict' of {src})" in capsys.readouterr().out
+    # the older spelling of the option still works and says so
+    older = ["convert", str(src), str(tmp_path / "older.safetensors"), "--model", TINY, "--model-args",
+             json.dumps(REFERENCE_MINI)]
+    assert main(older) == 0
+    assert "warning: --model-args is deprecated; use --model-kwargs" in capsys.readouterr().err
 
     with safetensors.safe_open(out, "pt") as handle:
         metadata, keys = handle.metadata(), set(handle.keys())
     assert metadata["model"] == TINY and metadata["source_key"] == "state_dict"
-    assert json.loads(metadata["model_args"]) == json.loads(json.dumps(REFERENCE_MINI))
+    assert json.loads(metadata["model_kwargs"]) == json.loads(json.dumps(REFERENCE_MINI))
     assert not any(k.endswith(("relative_position_index", "attn_mask")) or ".attnC." in k for k in keys)
-    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed into place
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary files were renamed into place
 
     model = timm.create_model(TINY, checkpoint_path=str(out), **REFERENCE_MINI).double().eval()
     with torch.no_grad():
@@ -64,7 +70,7 @@ def _run_error(args, capsys) -> str:
 def test_errors(released_mini, tmp_path, capsys):
     _, src = released_mini
     out = str(tmp_path / "out.safetensors")
-    mini_args = ["--model-args", json.dumps(REFERENCE_MINI)]
+    mini_args = ["--model-kwargs", json.dumps(REFERENCE_MINI)]
 
     err = _run_error([str(tmp_path / "missing.pth"), out, "--model", TINY], capsys)
     assert "error: checkpoint file not found:" in err and "missing.pth" in err

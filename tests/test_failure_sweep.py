@@ -81,7 +81,7 @@ def _loading_paths(data: dict[str, Path]) -> dict[str, list[str]]:
         "seg-eval --checkpoint": ["seg-eval", "--checkpoint", "{F}", "--data", seg_data, "--workers", "0"],
         "seg-predict --checkpoint": ["seg-predict", image, "--checkpoint", "{F}", "--output", f"{out}/e"],
         "convert": ["convert", "{F}", f"{out}/f.safetensors", "--model", MODEL,
-                    "--model-args", json.dumps(json.loads(TINY_MODEL[3]))],
+                    "--model-kwargs", json.dumps(json.loads(TINY_MODEL[3]))],
         "show-clusters --checkpoint": ["show-clusters", "--checkpoint", "{F}", "--output", f"{out}/g.png"],
         "show-clusters --pretrained-file": ["show-clusters", "--model", MODEL, *SHOW, "--pretrained-file", "{F}",
                                             "--output", f"{out}/h.png"],
@@ -151,6 +151,9 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
         (train("--mixup", "-1"), "--mixup must be >= 0"),
         (train("--clip-grad", "0"), "--clip-grad must be > 0"),
         (train("--img-size", "0"), "--img-size must be >= 1"),
+        (train("--reset-head"), "--reset-head applies to --pretrained-file, which is not given"),
+        (train("--partial-weights"), "--partial-weights applies to --pretrained-file, which is not given"),
+        (seg("--partial-weights"), "--partial-weights applies to --backbone-weights, which is not given"),
         (train("--workers", "-1"), "argument --workers: must be at least 0"),
         (train("--threads", "0"), "argument --threads: must be at least 1"),
         (train("--preset", "bogus"), "argument --preset: invalid choice"),
@@ -194,8 +197,8 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
         (["seg-eval", "--checkpoint", seg_run, "--data", seg_data, "--mode", "bogus"], "argument --mode: invalid choice"),
         (["seg-eval", "--checkpoint", cls_run, "--data", seg_data], "is not a segmentation checkpoint"),
         (["seg-predict", f"{out}/missing.jpg", "--checkpoint", seg_run, "--output", f"{out}/p"], "missing.jpg"),
-        (["convert", cls_run, f"{out}/x.safetensors", "--model", MODEL, "--model-args", "[1]"],
-         "argument --model-args: expected a JSON object"),
+        (["convert", cls_run, f"{out}/x.safetensors", "--model", MODEL, "--model-kwargs", "[1]"],
+         "argument --model-kwargs: expected a JSON object"),
         (["convert", cls_run, f"{out}/x.pth", "--model", MODEL], "output must end in .safetensors"),
         (["bench", MODEL, "--batch-size", "0"], "argument --batch-size: must be at least 1"),
         (["bench", MODEL, "--repeats", "0"], "argument --repeats: must be at least 1"),
@@ -213,7 +216,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
          "panel width must be at least"),
         (["show-clusters", f"{out}/none.png", "--model", MODEL, *SHOW, "--output", f"{out}/c5.png"], "none.png"),
         (["show-clusters", "--model", MODEL, "--head", "a,b", "--output", f"{out}/c6.png"], "argument --head"),
-        (["show-clusters", "--output", f"{out}/c7.png"], "give --model NAME"),
+        (["show-clusters", "--output", f"{out}/c7.png"], "give --model (and optionally --pretrained-file), or --checkpoint"),
         (["export", MODEL, "--format", "bogus", "--output", f"{out}/e1.onnx"], "argument --format: invalid choice"),
         (["export", MODEL, "--format", "onnx", "--output", f"{out}/e2.onnx", "--img-size", "0"],
          "argument --img-size: must be at least 1"),
@@ -235,7 +238,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
     ]
 
 
-ARGUMENT_PROBES = 90
+ARGUMENT_PROBES = 93
 
 
 def test_the_argument_sweep_covers_every_command(probe_data, runs):

@@ -101,7 +101,7 @@ def test_a_non_finite_evaluation_never_becomes_best(shapes_folder, tmp_path, mon
     monkeypatch.setattr(classification_train, "evaluate_classifier", diverging_after_first_epoch)
     assert cli_main(train_args(shapes_folder, run, 2)) == 2
     assert "non-finite validation loss at epoch 2; the run stopped before saving it" in _error(capsys)
-    assert read_checkpoint(run / "best.pth")["epoch"] == read_checkpoint(run / "last.pth")["epoch"] == 0
+    assert read_checkpoint(run / "best.pth")["step"] == read_checkpoint(run / "last.pth")["step"] == 1  # epochs done
 
 
 def test_a_non_finite_segmentation_output_stops_the_run(ade_shapes, tmp_path, monkeypatch, capsys):
@@ -221,8 +221,8 @@ def test_backbone_weights_of_another_model_are_refused(ade_shapes, tmp_path, cap
 
 def test_model_arguments_from_a_file_are_an_allowlist(one_epoch_run, shapes_folder, tmp_path, capsys):
     state = read_checkpoint(one_epoch_run / "last.pth")
-    state["model_kwargs"] = dict(state["model_kwargs"], pretrained=True,
-                                 pretrained_cfg_overlay=dict(file=str(tmp_path / "elsewhere.pth")))
+    state["model_args"]["kwargs"] = dict(state["model_args"]["kwargs"], pretrained=True,
+                                         pretrained_cfg_overlay=dict(file=str(tmp_path / "elsewhere.pth")))
     torch.save(state, tmp_path / "crafted.pth")
     image = shapes_folder / "val" / "circle" / "0.png"
     assert cli_main(["predict", str(image), "--checkpoint", str(tmp_path / "crafted.pth")]) == 2
@@ -318,7 +318,7 @@ def test_threads_option_and_environment(monkeypatch):
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
         torch.set_num_threads(3)
         assert set_threads(None, workers=2) == 3  # the environment chose
-        with pytest.raises(ValueError, match="--threads must be at least 1, got 0"):
+        with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
             set_threads(0)
     finally:
         torch.set_num_threads(before)

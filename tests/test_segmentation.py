@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import boat_vit.seg.train as seg_train
+import boat_vit.engine.trainer as trainer
 from boat_vit.cli import main as cli_main
 from boat_vit.files import read_checkpoint as load_checkpoint
 from boat_vit.seg import BoatUPerNet, load_backbone_weights
@@ -24,7 +24,7 @@ from boat_vit.seg.data import (
 )
 from boat_vit.seg.inference import segment, slide_logits, sliding_windows
 from boat_vit.seg.metrics import ConfusionMatrix
-from boat_vit.seg.train import resolve_seg_config
+from boat_vit.seg import resolve_seg_config
 from tiny_data import CSWIN, NUM_CLASSES, SHAPE_COLOURS, SWIN, TINY_CSWIN, TINY_SWIN, make_ade20k
 from tiny_data import SEG_TRAIN_ARGS as TRAIN_ARGS
 
@@ -173,7 +173,7 @@ def test_a_segmentation_run_checkpoint_as_weights(trained, shapes, tmp_path, cap
     for args in whole_model:
         assert cli_main(args) == 2, args
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "best.pth is a segmentation run checkpoint: only its backbone" in err, args
+        assert err.count("\n") == 1 and "best.pth is a segmentation training checkpoint: only its backbone" in err, args
     assert not any((tmp_path / name).exists() for name in ("m.pt", "c.png", "c.safetensors", "cls/last.pth"))
 
 
@@ -350,8 +350,8 @@ def test_training_learns_and_writes_the_run_directory(trained, shapes):
     assert set(summary["best_class_iou"]) == {"0", "1", "2", "3"} and summary["iterations"] == 60
     assert Image.open(trained / "curves.png").size[0] > 0
     state = load_checkpoint(trained / "best.pth")
-    assert state["segmenter"]["num_classes"] == NUM_CLASSES and state["spec"]["reduce_zero_label"]
-    assert {"optimizer", "scheduler", "scaler", "iteration", "metrics"} <= set(state)
+    assert state["model_args"]["num_classes"] == NUM_CLASSES and state["spec"]["reduce_zero_label"]
+    assert {"optimizer", "scheduler", "scaler", "step", "metrics"} <= set(state)
 
 
 class _Crash(Exception):
@@ -365,7 +365,7 @@ def test_resume_continues_exactly(shapes, tmp_path, monkeypatch):
     assert cli_main(["seg-train", *args, "--output", str(straight)]) == 0
 
     steps = []
-    real_step = seg_train.optimizer_step
+    real_step = trainer.optimizer_step
 
     def crash_at_seven(*step_args, **step_kwargs):
         if len(steps) == 7:
@@ -373,11 +373,11 @@ def test_resume_continues_exactly(shapes, tmp_path, monkeypatch):
         steps.append(1)
         real_step(*step_args, **step_kwargs)
 
-    monkeypatch.setattr(seg_train, "optimizer_step", crash_at_seven)
+    monkeypatch.setattr(trainer, "optimizer_step", crash_at_seven)
     with pytest.raises(_Crash):
         cli_main(["seg-train", *args, "--output", str(crashed)])
     monkeypatch.undo()
-    assert load_checkpoint(crashed / "last.pth")["iteration"] == 6
+    assert load_checkpoint(crashed / "last.pth")["step"] == 6
     assert cli_main(["seg-train", *args, "--output", str(crashed), "--resume", str(crashed)]) == 0
     expected, resumed = load_checkpoint(straight / "last.pth"), load_checkpoint(crashed / "last.pth")
     assert expected["model"].keys() == resumed["model"].keys()

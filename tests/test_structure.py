@@ -4,6 +4,7 @@ The imports are read from the source (every ``import`` statement, module level o
 a function body counts too.
 """
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,60 @@ def test_the_reader_sees_relative_and_absolute_imports():
     modules = _modules()
     imports = _imports("boat_vit.cli", modules["boat_vit.cli"], modules)
     assert {"boat_vit.engine", "boat_vit.cli.classification", "boat_vit.cli.segmentation", "boat_vit.cli.tools"} <= imports
+
+
+def _library_sources():
+    """Every library module's source tree (the command line aside)."""
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        if "cli" not in path.relative_to(PACKAGE_ROOT).parts:
+            yield path, ast.parse(path.read_text())
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = [f"{path.relative_to(PACKAGE_ROOT)}:{node.lineno} {alias.name}"
+               for path in sorted(PACKAGE_ROOT.rglob("*.py")) for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(PACKAGE))
+               for alias in node.names if alias.name.startswith("_")]
+    assert not private, f"private names imported across modules: {private}"
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+# These still map their own command-line options; their messages move behind the command line with them.
+FLAG_WORDING_LEFT = ("ablation.py", "export.py")
+MESSAGE_CALLS = ("warn", "warning", "error", "print")
+
+
+def test_library_messages_name_arguments_not_command_line_flags():
+    """The library speaks Python (``Argument("reset_head", True)``); only ``boat_vit.cli`` names flags."""
+    offenders = []
+    for path, tree in _library_sources():
+        if path.name in FLAG_WORDING_LEFT and path.parent == PACKAGE_ROOT:
+            continue
+        for node in ast.walk(tree):
+            messages = [node.exc] if isinstance(node, ast.Raise) and node.exc is not None else []
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in MESSAGE_CALLS:
+                messages.append(node)
+            offenders += [f"{path.relative_to(PACKAGE_ROOT)}:{text.lineno} {text.value!r}"
+                          for message in messages for text in ast.walk(message)
+                          if isinstance(text, ast.Constant) and isinstance(text.value, str) and FLAG.search(text.value)]
+    assert not offenders, f"library messages naming command-line flags: {offenders}"
+
+
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "ema")  # restored with their own load_state_dict
+
+
+def test_weights_enter_a_model_only_through_the_weights_module():
+    """``model.load_state_dict`` is called in ``boat_vit/weights.py`` only (training state aside)."""
+    calls = [f"{path.relative_to(PACKAGE_ROOT)}:{node.lineno}" for path, tree in _library_sources()
+             if path.name != "weights.py" for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load_state_dict"
+             and not (isinstance(node.func.value, ast.Name) and node.func.value.id in TRAINING_STATE)]
+    assert not calls, f"weights loaded outside boat_vit.weights: {calls}"
+
+
+def test_the_training_loop_lives_in_the_engine_only():
+    """Tasks define data, model, loss and metrics; backward passes and optimizer steps are the skeleton's."""
+    loops = [f"{path.relative_to(PACKAGE_ROOT)}:{node.lineno}" for path, tree in _library_sources()
+             if _within(_module_name(path), TASKS) for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("backward", "step_update")]
+    assert not loops, f"training steps outside the engine's skeleton: {loops}"

@@ -1,4 +1,5 @@
 """Training, evaluation and prediction: recipes, data, exact resume, distributed equality, bad input."""
+import csv
 import json
 import os
 import subprocess
@@ -14,8 +15,9 @@ from boat_vit.files import read_checkpoint as load_checkpoint
 from boat_vit.classification import resolve_config
 from boat_vit.classification.data import DigitsDataset, build_datasets
 from boat_vit.engine import GlobalBatchSampler, ShardSampler
-from boat_vit.errors import WeightsMismatchError
-from tiny_data import SHAPES, TINY_MODEL, train_args as _train_args
+from boat_vit.errors import ConfigError, WeightsMismatchError
+from tiny_data import SHAPES, TINY_MODEL, TINY_RECIPE, train_args as _train_args
+
 
 def _final_weights(run: Path) -> dict:
     return load_checkpoint(run / "last.pth")["model"]
@@ -37,6 +39,14 @@ def test_presets_and_overrides():
     assert resolve_config(dict(preset="boat_swin", lr=0.1, drop_path=0.0)).lr == 0.1
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         resolve_config(dict(preset="nope"))
+
+
+def test_weights_options_need_a_weights_file():
+    with pytest.raises(ConfigError, match="reset_head applies to pretrained_file, which is not given"):
+        resolve_config(dict(reset_head=True))
+    with pytest.raises(ConfigError, match="partial_weights applies to pretrained_file, which is not given"):
+        resolve_config(dict(partial_weights=True))
+    assert resolve_config(dict(reset_head=True, pretrained_file="weights.pth")).reset_head
 
 
 def test_digits_split_is_real_reproducible_and_held_out():
@@ -96,6 +106,38 @@ def test_eval_and_predict_commands(shapes_folder, tmp_path, capsys):
     assert sum(probabilities) == pytest.approx(100, abs=0.02)
 
 
+NON_DEFAULT_SIZES = {  # model arguments without the input size; the run gives --img-size 32
+    "swin, windows for 224": ("boat_swin_tiny_patch4_window7_224",
+                              dict(patch_size=2, window_size=4, embed_dim=16, depths=[2, 2], num_heads=[1, 2])),
+    "swin, windows clamped at 32": ("boat_swin_tiny_patch4_window7_224",
+                                    dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2])),
+    "cswin": ("boat_cswin_tiny_224", dict(embed_dim=16, depths=[1, 1], num_heads=[2, 2], split_size=[1, 2])),
+}
+
+
+@pytest.mark.parametrize("model, kwargs", NON_DEFAULT_SIZES.values(), ids=NON_DEFAULT_SIZES.keys())
+def test_a_checkpoint_rebuilds_the_model_as_trained(model, kwargs, shapes_folder, tmp_path, capsys):
+    """Every command that takes --checkpoint rebuilds the model with every argument of the run, its size too."""
+    run = tmp_path / "run"
+    args = ["train", "--model", model, "--model-kwargs", json.dumps(kwargs), *TINY_RECIPE, "--img-size", "32",
+            "--data", str(shapes_folder), "--output", str(run), "--epochs", "1"]
+    assert cli_main(args) == 0
+    assert load_checkpoint(run / "best.pth")["model_args"] == dict(name=model, num_classes=2,
+                                                                   kwargs=dict(img_size=32, **kwargs))
+    capsys.readouterr()
+    checkpoint = str(run / "best.pth")
+    assert cli_main(["eval", "--checkpoint", checkpoint, "--data", str(shapes_folder), "--workers", "0"]) == 0
+    top1 = float(capsys.readouterr().out.split("top-1 ")[1].split("%")[0])
+    trained = [row for row in csv.DictReader(open(run / "metrics.csv"))][-1]
+    assert top1 == pytest.approx(float(trained["top1"]), abs=0.005)  # the run's own validation, reproduced
+    image = str(shapes_folder / "val" / "circle" / "0.png")
+    assert cli_main(["predict", image, "--checkpoint", checkpoint]) == 0
+    assert cli_main(["export", model, "--checkpoint", checkpoint, "--format", "torchscript",
+                     "--output", str(tmp_path / "model.pt")]) == 0
+    assert cli_main(["show-clusters", image, "--checkpoint", checkpoint, "--output", str(tmp_path / "c.png")]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
 def test_two_processes_equal_one(shapes_folder, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     recipe = ("--drop-path", "0", "--label-smoothing", "0", "--color-jitter", "0", "--device", "cpu")
@@ -130,8 +172,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shapes_folder, tmp
     # a diverging run in the same directory: the first update with this learning rate blows the weights up
     status = cli_main(_train_args(shapes_folder, run, 2, "--lr", "1e30", "--warmup-epochs", "0", "--overwrite"))
     assert status == 2
-    assert "non-finite loss at epoch 1, step 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "non-finite loss at epoch 1, step 2" in err and f"the last good checkpoint in {run} is intact" in err
     assert (run / "last.pth").read_bytes() == good
+    # a run that diverges before its first checkpoint does not claim one
+    fresh = tmp_path / "fresh"
+    assert cli_main(_train_args(shapes_folder, fresh, 2, "--lr", "1e30", "--warmup-epochs", "0")) == 2
+    err = capsys.readouterr().err
+    assert f"no checkpoint had been saved in {fresh} yet" in err and "intact" not in err
+    assert not (fresh / "last.pth").exists()
 
 
 @pytest.mark.parametrize(

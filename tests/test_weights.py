@@ -103,5 +103,5 @@ def test_a_segmentation_checkpoint_is_refused_where_a_whole_model_is_loaded(tmp_
     path = tmp_path / "best.pth"
     _segmentation_run_checkpoint(path)
     classifier = timm.create_model(SWIN, num_classes=2, **TINY_SWIN)
-    with pytest.raises(CheckpointError, match=r"best\.pth is a segmentation run checkpoint: only its backbone"):
+    with pytest.raises(CheckpointError, match=r"best\.pth is a segmentation training checkpoint: only its backbone"):
         load_weights(classifier, path, weights_filter(classifier), reset_head=True, allow_partial=True)

@@ -46,6 +46,7 @@ __all__ = [
     "Clustering",
     "plan_groups",
     "balanced_clustering",
+    "format_shape",
     "random_balanced_clustering",
     "single_group_clustering",
     "sibling_overlap_slots",
@@ -191,7 +192,7 @@ def balanced_clustering(
     """
     if x.ndim < 2 or x.shape[-2] == 0 or x.shape[-1] == 0:
         raise ValueError(
-            f"expected (*, tokens, features) with tokens, features >= 1, got shape {_format_shape(x.shape)}"
+            f"expected (*, tokens, features) with tokens, features >= 1, got shape {format_shape(x.shape)}"
         )
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -227,7 +228,7 @@ def balanced_clustering(
     return Clustering(plan, order, inverse)
 
 
-def _format_shape(shape: List[int]) -> str:
+def format_shape(shape: List[int]) -> str:
     """``(2, 3, 4)``-style text of a shape, the same eager and scripted (TorchScript shapes are lists)."""
     return "(" + ", ".join([str(size) for size in shape]) + ("," if len(shape) == 1 else "") + ")"
 

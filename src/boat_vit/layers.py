@@ -16,8 +16,8 @@ from .clustering import (
     DEFAULT_TEMPERATURE,
     Clustering,
     GroupPlan,
-    _format_shape,
     balanced_clustering,
+    format_shape,
     random_balanced_clustering,
     sibling_overlap_slots,
     single_group_clustering,
@@ -139,10 +139,10 @@ class FeatureSpaceLocalAttention(nn.Module):
         if x.ndim not in ndims or x.shape[-1] != self.dim:
             raise ValueError(
                 f"FeatureSpaceLocalAttention expected input {expected} with C={self.dim}, "
-                f"got shape {_format_shape(x.shape)}"
+                f"got shape {format_shape(x.shape)}"
             )
         if x.shape[0] == 0 or x[0].numel() == 0:
-            raise ValueError(f"FeatureSpaceLocalAttention got an empty input of shape {_format_shape(x.shape)}")
+            raise ValueError(f"FeatureSpaceLocalAttention got an empty input of shape {format_shape(x.shape)}")
 
     def forward(self, x: torch.Tensor, clustering: Optional[Clustering] = None) -> torch.Tensor:
         """Applies FSLA.

@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 
 from .classification import create_classifier, load_classifier
+from .errors import Argument, ConfigError
 from .images import load_image, palette
 from .layers import ClusterRecord, record_clusters, select_fsla_layer
 
-__all__ = ["SAMPLES", "figure_size", "render_clusters", "sample_image", "show_clusters"]
+__all__ = ["SAMPLES", "figure_size", "plural", "render_clusters", "sample_image", "show_clusters"]
 
 SAMPLES = ("china", "flower", "digit")  # photographs shipped with scikit-learn; a handwritten digit
 DEFAULT_SAMPLE = "china"
@@ -84,7 +85,8 @@ def _fitting_font_size(text: str, size: float, width: int) -> float:
     return size * min(1.0, width / text_width)
 
 
-def _plural(count: int, noun: str) -> str:
+def plural(count: int, noun: str) -> str:
+    """``1 group``, ``2 groups``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
@@ -145,7 +147,7 @@ def render_clusters(
         groups = record.group_map(head).cpu().numpy()
         tint = _upsample(colours[groups], (height, width))
         coloured = (1 - GROUP_ALPHA) * pixels + GROUP_ALPHA * tint
-        panel(column, 0, coloured, f"head {head}: {_plural(len(colours), 'group')}")
+        panel(column, 0, coloured, f"head {head}: {plural(len(colours), 'group')}")
 
         members, overlap = (m.cpu().numpy() for m in record.attended(head, row, col))
         picture = grey.copy()
@@ -173,13 +175,15 @@ def _load_model(
 
     if checkpoint is not None:
         if model_kwargs or weights:
-            raise ValueError("--checkpoint brings its own model; drop --model-kwargs and --pretrained-file")
+            raise ConfigError(Argument("checkpoint"), " brings its own model; drop ", Argument("model_kwargs"), " and ",
+                              Argument("pretrained_file"))
         model, class_names, data_config = load_classifier(checkpoint=checkpoint)
         if model_name is not None and model_name != model.pretrained_cfg.get("architecture", model_name):
-            raise ValueError(f"{checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {model_name}")
+            raise ConfigError(f"{checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {model_name}")
         return model, class_names, data_config
     if model_name is None:
-        raise ValueError("give --model NAME (and optionally --pretrained-file), or --checkpoint")
+        raise ConfigError("give ", Argument("model_name"), " (and optionally ", Argument("pretrained_file"), "), or ",
+                          Argument("checkpoint"))
     model, _ = create_classifier(model_name, IMAGENET_CLASSES, weights, **model_kwargs)
     data_config = resolve_model_data_config(model.eval())
     if "img_size" in model_kwargs:
@@ -246,7 +250,7 @@ def show_clusters(
     patch = (record.token_map[0] // 2, record.token_map[1] // 2) if patch is None else tuple(patch)
     plan = record.clustering.plan
     title = (f"{model.pretrained_cfg.get('architecture', model_name)}  {layer}  tokens {record.token_map[0]}x"
-             f"{record.token_map[1]}  {_plural(plan.num_groups, 'group')} of {plan.group_size}")
+             f"{record.token_map[1]}  {plural(plan.num_groups, 'group')} of {plan.group_size}")
     summary = dict(layer=layer, token_map=record.token_map, num_groups=plan.num_groups, group_size=plan.group_size,
                    input_size=input_size, heads=heads, patch=patch)
     if class_names is None:

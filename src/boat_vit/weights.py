@@ -106,7 +106,7 @@ def select_state_dict(checkpoint: Any, key: Optional[str] = None, source: PathLi
     if BACKBONE_PART in checkpoint:
         task = checkpoint[BACKBONE_PART].get("task", "task") if isinstance(checkpoint[BACKBONE_PART], Mapping) else "task"
         if not backbone:
-            raise CheckpointError(f"{source} is a {task} run checkpoint: only its backbone can initialise another "
+            raise CheckpointError(f"{source} is a {task} training checkpoint: only its backbone can initialise another "
                                   "model, as the backbone of a task model")
         return clean_state_dict(_backbone_part(checkpoint, source, key)), f"{key or 'model'} (backbone)"
     found = [k for k in STATE_DICT_KEYS if isinstance(checkpoint.get(k), Mapping)]

@@ -115,7 +115,7 @@ def use_allocator(choice: str) -> str:
     if choice == "retain":
         if retain_freed_memory():
             return "retain"
-        print("note: --allocator retain needs glibc; running with the default allocator", file=sys.stderr)
+        print("note: the 'retain' allocator needs glibc; running with the default allocator", file=sys.stderr)
     return "glibc"
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..engine import AMP_DTYPES, amp_dtype_for, parse_device
+from ..errors import Argument, ConfigError
 from ..models import check_model_name, create_model
 from .macs import count_macs
 from .memory import peak_bytes, resident_bytes, run_isolated
@@ -93,7 +94,7 @@ class BenchConfig:
             raise ValueError(f"amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
         device = parse_device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("CUDA is not available on this machine; use --device cpu")
+            raise ConfigError("CUDA is not available on this machine; use ", Argument("device", "cpu"))
 
 
 def _create_model(name: str, config: BenchConfig) -> tuple[nn.Module, tuple[int, int]]:

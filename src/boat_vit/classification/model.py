@@ -97,5 +97,5 @@ def load_classifier(
         class_names = [str(i) for i in range(model.num_classes)]
         data_config = resolve_data_config(model=model)
     else:
-        raise ConfigError("give a run checkpoint, or a model name (and usually its weights file)")
+        raise ConfigError("give a training checkpoint, or a model name (and usually its weights file)")
     return model.eval(), class_names, data_config

@@ -1,6 +1,5 @@
 """Classification recipes: the options of a run (:class:`TrainConfig`), the presets (the embedded digits demo
 and the released ImageNet recipes) and how options, preset and defaults combine (:func:`resolve_config`)."""
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -14,6 +13,7 @@ from ..engine import (
     RunCheckpoint,
     RunOptions,
     check_bounds,
+    given_options,
     resumed_config,
 )
 from ..errors import Argument, ConfigError
@@ -118,9 +118,6 @@ BOUNDS = dict(
     hflip=PROBABILITY, scale=Bounds(0, 1, low_open=True), reprob=PROBABILITY, crop_pct=Bounds(0, 1, low_open=True),
     drop_path=Bounds(0, 1, high_open=True), ema_decay=Bounds(0, 1, low_open=True, high_open=True),
 )
-FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-
 def resolve_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoint] = None) -> TrainConfig:
     """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored).
 
@@ -131,13 +128,9 @@ def resolve_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoint] =
     Raises:
         ConfigError: unknown options or presets, values out of range, or options a resumed run cannot take.
     """
-    values = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(values) - set(FIELDS)
-    if unknown:
-        raise ConfigError(f"unknown training options: {sorted(unknown)}")
+    values = given_options(TrainConfig, overrides, "training options")
     if values.get("resume") is not None:
-        checkpoint = resumed or RunCheckpoint.read(values["resume"], task="classification")
-        config = resumed_config(TrainConfig, values, checkpoint.config)
+        config = resumed_config(TrainConfig, values, "classification", resumed)
         config.model_kwargs = check_architecture_arguments(config.model_kwargs, values["resume"])
         return config
     preset = values.get("preset")

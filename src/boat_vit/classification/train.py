@@ -160,13 +160,13 @@ class ClassificationTask(TrainingTask):
         return StepOutput(loss, len(images), skipped)
 
     def evaluate(self, model: nn.Module, ema_model: Optional[nn.Module], world: Distributed,
-                 amp_dtype: Optional[torch.dtype], progress: bool, label: str) -> Evaluation:
-        output = self.config.output
+                 amp_dtype: Optional[torch.dtype], progress: bool, step: int) -> Evaluation:
+        output, label = self.config.output, f"eval {step + 1}/{self.total_epochs}"
         metrics = evaluate_classifier(model, self.val_loader, world, amp_dtype, progress=progress, description=label)
         ema = evaluate_classifier(ema_model, self.val_loader, world, amp_dtype) if ema_model is not None else None
-        check_finite(metrics["loss"], f"validation loss at {label}", output)
+        check_finite(metrics["loss"], f"validation loss at epoch {step + 1}", output)
         if ema is not None:
-            check_finite(ema["loss"], f"EMA validation loss at {label}", output)
+            check_finite(ema["loss"], f"EMA validation loss at epoch {step + 1}", output)
         row = dict(val_loss=metrics["loss"], top1=metrics["top1"], top5=metrics["top5"],
                    ema_top1=ema["top1"] if ema else None, ema_top5=ema["top5"] if ema else None,
                    skipped_images=metrics["skipped"])

@@ -15,6 +15,7 @@ from ..classification.evaluate import TOP_K, eval_loader
 from ..engine import RunCheckpoint, amp_dtype_for, default_device, parse_device, set_threads, setup_distributed
 from .options import (
     USAGE_ERROR,
+    DeprecatedSpelling,
     add_amp_arguments,
     add_device_argument,
     add_run_arguments,
@@ -31,15 +32,6 @@ __all__ = ["add_parsers"]
 TRAIN_FLAGS = dict(allow_partial="--partial-weights")
 MODEL_SOURCE_FLAGS = dict(model_name="--model", weights="--pretrained-file", use_ema="--ema",
                           allow_partial="--partial-weights")
-
-
-class _Deprecated(argparse.Action):
-    """Stores the value under the new option's name and warns that the spelling is deprecated."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog}: warning: {option_string} is deprecated; use --{self.dest.replace('_', '-')}",
-              file=sys.stderr)
-        setattr(namespace, self.dest, values)
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +74,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, defaults)
     add("--pretrained-file", help="initial weights: released BOAT weights as downloaded, a boat-vit checkpoint, a "
                                   "safetensors file or a state dict (through the model's checkpoint filter)")
-    add("--initial-checkpoint", dest="pretrained_file", action=_Deprecated, help=argparse.SUPPRESS)
+    add("--initial-checkpoint", dest="pretrained_file", action=DeprecatedSpelling, help=argparse.SUPPRESS)
     add("--reset-head", action="store_true", default=None, help="with --pretrained-file: start the classifier "
                                                                 "afresh when its class count differs")
     add("--partial-weights", action="store_true", default=None, help="with --pretrained-file: accept a file that "

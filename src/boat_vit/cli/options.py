@@ -1,6 +1,7 @@
 """Command-line options that several commands share, and argument types with one-line errors."""
 import argparse
 import json
+import sys
 from typing import Any, Callable
 
 from ..engine import AMP_DTYPES, RunOptions, default_device
@@ -11,6 +12,7 @@ __all__ = [
     "add_device_argument",
     "add_run_arguments",
     "add_threads_argument",
+    "DeprecatedSpelling",
     "USAGE_ERROR",
     "flag_spelling",
     "json_object",
@@ -22,6 +24,15 @@ __all__ = [
 
 
 COMMAND_KEYS = ("func", "prog", "flags")  # what the parser adds besides the options
+
+
+class DeprecatedSpelling(argparse.Action):
+    """An old spelling of an option: stores the value under the new option's name and warns on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use --{self.dest.replace('_', '-')}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def flag_spelling(args: argparse.Namespace) -> Callable[[Argument], str]:

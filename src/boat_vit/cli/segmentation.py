@@ -29,7 +29,9 @@ from .options import (
 
 __all__ = ["add_parsers"]
 
-TRAIN_FLAGS = dict(allow_partial="--partial-weights")  # library arguments whose flag has another name
+# Python arguments of the library whose flag has another name (see options.flag_spelling)
+INFERENCE_FLAGS = dict(crop="--crop-size")
+TRAIN_FLAGS = dict(allow_partial="--partial-weights", mode="--eval-mode", stride="--eval-stride", crop="--crop-size")
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,7 +186,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     evaluation.add_argument("--split", default="validation", help="split to evaluate (default validation)")
     evaluation.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (default 2)")
     evaluation.add_argument("--json", help="also write the scores to this JSON file")
-    evaluation.set_defaults(func=_run_eval)
+    evaluation.set_defaults(func=_run_eval, flags=INFERENCE_FLAGS)
 
     prediction = subparsers.add_parser(
         "seg-predict", help="label maps and overlays for images",
@@ -192,4 +194,4 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     prediction.add_argument("images", nargs="+", help="image files")
     _add_common(prediction)
     prediction.add_argument("--output", default="predictions", help="output folder (default predictions)")
-    prediction.set_defaults(func=_run_predict)
+    prediction.set_defaults(func=_run_predict, flags=INFERENCE_FLAGS)

@@ -17,6 +17,7 @@ from ..engine import default_device, set_threads
 from ..models import create_model, weights_filter
 from ..weights import convert_checkpoint
 from .options import (
+    DeprecatedSpelling,
     add_amp_arguments,
     add_device_argument,
     add_threads_argument,
@@ -33,11 +34,11 @@ MODEL_SOURCE_FLAGS = dict(model_name="--model", weights="--pretrained-file", use
 
 def _run_convert(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model = create_model(args.model, **args.model_args)
+    model = create_model(args.model, **args.model_kwargs)
     written = convert_checkpoint(args.input, args.output, model, weights_filter(model), key=args.key,
                                  overwrite=args.overwrite,
-                                 metadata={"model": args.model, "model_args": json.dumps(args.model_args,
-                                                                                          sort_keys=True)})
+                                 metadata={"model": args.model, "model_kwargs": json.dumps(args.model_kwargs,
+                                                                                            sort_keys=True)})
     source = f"entry {written['source_key']!r}" if written["source_key"] else "the whole file"
     print(f"wrote {args.output} ({args.model}, weights from {source} of {args.input})")
     return 0
@@ -109,10 +110,6 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def _run_show_clusters(args: argparse.Namespace) -> int:
     summary = visualize.show_clusters(
         args.output, model_name=args.model, image=args.image, sample=args.sample, checkpoint=args.checkpoint,
@@ -121,7 +118,7 @@ def _run_show_clusters(args: argparse.Namespace) -> int:
     )
     height, width = summary["token_map"]
     print(f"{summary['layer']}: {height}x{width} tokens (input {summary['input_size'][0]}x{summary['input_size'][1]}),"
-          f" {_plural(summary['num_groups'], 'group')} of {summary['group_size']}; selected patch {summary['patch']}")
+          f" {visualize.plural(summary['num_groups'], 'group')} of {summary['group_size']}; selected patch {summary['patch']}")
     if "prediction" in summary:
         print(f"predicted {summary['prediction'][0]} ({summary['prediction'][1]:.1%})")
     print(f"wrote {args.output} ({summary['figure_size'][0]}x{summary['figure_size'][1]} pixels)")
@@ -153,8 +150,10 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--key", default=None, help="checkpoint entry holding the weights ('model', 'state_dict', "
                                                     "'state_dict_ema', ...; '' for a plain state dict); default: EMA "
                                                     "weights if present")
-    parser.add_argument("--model-args", type=json_object, default={},
-                        help='JSON object of extra model arguments, e.g. \'{"num_classes": 10}\'')
+    parser.add_argument("--model-kwargs", type=json_object, default={},
+                        help='JSON keyword arguments for the model, e.g. \'{"num_classes": 10}\'')
+    parser.add_argument("--model-args", dest="model_kwargs", type=json_object, action=DeprecatedSpelling,
+                        help=argparse.SUPPRESS)
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.set_defaults(func=_run_convert)
 
@@ -185,10 +184,36 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_export, flags=MODEL_SOURCE_FLAGS)
 
 
+BENCH_DESCRIPTION = """\
+Throughput, latency, peak memory, parameters and MACs of timm models side by side.
+
+All models are built in one process and timed in one run: warm-up passes of every model, then timed
+passes round-robin with the order rotating every repeat. Latency is the median time of one batch;
+throughput is batch / median; the throughput ratio against the first model is the median of the
+per-repeat ratios. A pass is an inference forward, or with --train a forward, a backward and an AdamW
+step. MACs are those of one forward pass of one image.
+
+Peak memory is measured for each model alone in a fresh process (one warm-up pass, then the peak over
+one more pass): on CUDA torch.cuda.max_memory_allocated; on CPU the peak resident size above the
+process's resident size before the model was created.
+"""
+
+SHOW_CLUSTERS_DESCRIPTION = """\
+Draws which patches attend to which through FSLA: the model runs once on one image, and the groups of
+the chosen FSLA layer are recorded as the layer used them.
+
+One column per chosen head. Top: every patch coloured by its FSLA group. Bottom: the groups of one
+selected patch (red frame): the members of its group (orange) and the tokens of the sibling group that
+its group also uses as keys and values (the overlap, cyan). Members far from the selected patch are the
+point of feature-space attention: window attention never reaches them. The clustering runs on the
+layer's queries, so a model with random weights also groups patches by content; trained weights give
+semantic groups.
+"""
+
+
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="throughput, latency, memory, params and MACs of models",
-                                   description=bench_api.models.__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=BENCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("models", nargs="+", metavar="MODEL", help="timm model names, e.g. swin_tiny_patch4_window7_224 "
                                                     "boat_swin_tiny_patch4_window7_224")
@@ -220,7 +245,8 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_show_clusters(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("show-clusters", help="draw the FSLA groups of a model on an image",
-                                   description=visualize.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=SHOW_CLUSTERS_DESCRIPTION,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("image", nargs="?", help="image file (any size); default: the --sample image")
     add("--sample", choices=visualize.SAMPLES, default=visualize.DEFAULT_SAMPLE,

@@ -12,6 +12,7 @@ from .options import (
     Bounds,
     RunOptions,
     check_bounds,
+    given_options,
     merge_resumed,
     resumed_config,
 )
@@ -27,23 +28,9 @@ from .sampling import (
     seed_everything,
 )
 from .threads import default_threads, set_threads, usable_cores
-from .trainer import (
-    AMP_DTYPES,
-    EPOCHS,
-    ITERATIONS,
-    Evaluation,
-    Schedule,
-    StepOutput,
-    TrainingData,
-    TrainingTask,
-    amp_dtype_for,
-    autocast,
-    check_finite,
-    optimizer_step,
-    raise_if_non_finite,
-    rng_state,
-    run_training,
-)
+from .step import AMP_DTYPES, amp_dtype_for, autocast, check_finite, optimizer_step, raise_if_non_finite, rng_state
+from .task import EPOCHS, ITERATIONS, Evaluation, Schedule, StepOutput, TrainingData, TrainingTask
+from .trainer import run_training
 
 __all__ = [
     "AMP_DTYPES",
@@ -81,6 +68,7 @@ __all__ = [
     "default_device",
     "default_threads",
     "derive_seed",
+    "given_options",
     "merge_resumed",
     "optimizer_step",
     "parse_device",

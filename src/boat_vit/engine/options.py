@@ -6,6 +6,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import Argument, ConfigError
 from .distributed import default_device
+from .run_checkpoint import RunCheckpoint
 
 __all__ = [
     "AT_LEAST_ONE",
@@ -17,6 +18,7 @@ __all__ = [
     "Bounds",
     "RunOptions",
     "check_bounds",
+    "given_options",
     "merge_resumed",
     "resumed_config",
 ]
@@ -113,16 +115,38 @@ def merge_resumed(saved: Mapping[str, Any], explicit: Mapping[str, Any], source:
     return merged
 
 
-def resumed_config(config_class: type, values: Mapping[str, Any], saved: Mapping[str, Any]) -> Any:
-    """The configuration (``config_class``, a dataclass with ``check()``) of a run resumed from
-    ``values["resume"]``, whose checkpoint stored the options ``saved``: those options, with the run options of
-    ``values`` (:func:`merge_resumed`).
+def given_options(config_class: type, overrides: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """The options of ``overrides`` that are given (not ``None``), all of them fields of ``config_class``.
+
+    Raises:
+        ConfigError: an option ``config_class`` does not have (``what``: the kind of options, for the message).
+    """
+    values = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(values) - {f.name for f in dataclasses.fields(config_class)}
+    if unknown:
+        raise ConfigError(f"unknown {what}: {sorted(unknown)}")
+    return values
+
+
+def resumed_config(config_class: type, values: Mapping[str, Any], task: str,
+                   resumed: Optional[RunCheckpoint] = None) -> Any:
+    """The configuration (``config_class``, a dataclass with ``check()``) of the ``task`` run resumed from
+    ``values["resume"]``: the options it started with, with the run options of ``values`` (:func:`merge_resumed`).
+
+    Args:
+        config_class: The task's configuration.
+        values: The options given.
+        task: The kind of run.
+        resumed: The run's checkpoint where the caller has read it already (read here otherwise).
 
     Raises:
         ConfigError: the options given are out of range, or differ from the run's.
+        CheckpointError: not a checkpoint of a ``task`` run that can be continued.
     """
     config_class(**values).check()  # the options given, before they meet the run's
+    checkpoint = resumed if resumed is not None else RunCheckpoint.read(values["resume"], task=task)
+    checkpoint.check_continuable()
     fields = [f.name for f in dataclasses.fields(config_class)]
-    config = config_class(**merge_resumed(saved, values, values["resume"], fields))
+    config = config_class(**merge_resumed(checkpoint.config, values, values["resume"], fields))
     config.check()
     return config

@@ -25,9 +25,7 @@ from .run_directory import LAST_CHECKPOINT
 __all__ = ["RUN_CHECKPOINT_FORMAT", "RunCheckpoint"]
 
 RUN_CHECKPOINT_FORMAT = 1
-ENTRIES = ("format", "task", "config", "model_args", "model", "ema", "optimizer", "scheduler", "scaler", "rng", "step",
-           "metrics", "best", "running")
-TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "step", "running")  # what continuing a run needs
+CONTINUING = ("config", "metrics", "best", "optimizer", "scheduler", "scaler", "rng", "step", "running")
 
 
 def _earlier_release(state: dict) -> Optional[dict]:
@@ -63,14 +61,15 @@ class RunCheckpoint:
         path = Path(path)
         file = path / LAST_CHECKPOINT if path.is_dir() else path
         state = read_checkpoint(file)
-        if not isinstance(state, dict) or "config" not in state or "metrics" not in state:
-            raise CheckpointError(f"{path} is not a training checkpoint (last.pth or best.pth of a boat-vit run)")
-        if "format" not in state:
+        if isinstance(state, dict) and "format" not in state:
             state = _earlier_release(state) or state
-        if not isinstance(state.get("model_args"), dict) or not isinstance(state.get("task"), str):
+        if not isinstance(state, dict) or not isinstance(state.get("task"), str) or "model" not in state:
+            kind = f"{task} " if task else "training "
+            raise CheckpointError(f"{path} is not a {kind}checkpoint (last.pth or best.pth of a boat-vit run)")
+        if not isinstance(state.get("model_args"), dict):
             raise CheckpointError(f"{path} does not say which model it holds (damaged?)")
         if task is not None and state["task"] != task:
-            raise CheckpointError(f"{path} is a {state['task']} run checkpoint, not a {task} one")
+            raise CheckpointError(f"{path} is not a {task} checkpoint: it holds a {state['task']} run")
         return cls(file, state)
 
     @property
@@ -105,6 +104,6 @@ class RunCheckpoint:
 
     def check_continuable(self) -> None:
         """Raises a :class:`CheckpointError` unless the checkpoint holds a training state to continue from."""
-        if self.state.get("format") != RUN_CHECKPOINT_FORMAT or any(k not in self.state for k in TRAINING_STATE):
+        if self.state.get("format") != RUN_CHECKPOINT_FORMAT or any(k not in self.state for k in CONTINUING):
             raise CheckpointError(f"{self.path} was written by an earlier release of boat-vit: its weights load for "
                                   "evaluation or as initial weights, but the run cannot be continued")

@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from ..errors import Argument, ConfigError
+
 __all__ = ["default_threads", "set_threads", "usable_cores"]
 
 _CGROUP_V2_QUOTA = Path("/sys/fs/cgroup/cpu.max")
@@ -53,7 +55,7 @@ def set_threads(threads: Optional[int] = None, workers: int = 0, processes: int 
     ``OMP_NUM_THREADS`` environment variable already chose; returns the number in effect."""
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {threads}")
+            raise ConfigError(Argument("threads"), f" must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(default_threads(workers, processes))

@@ -1,5 +1,5 @@
-"""The training skeleton every task runs on: :class:`TrainingTask` says what a task brings (data, model, loss,
-metrics, recipe), :func:`run_training` does the rest.
+"""The training skeleton every task runs on: a :class:`~boat_vit.engine.task.TrainingTask` says what the task
+brings (data, model, loss, metrics, recipe), :func:`run_training` does the rest.
 
 The skeleton owns: processes (``torchrun``), threads, seeds, the run directory and the run checkpoint, the data
 order (:class:`~boat_vit.engine.sampling.GlobalBatchSampler`: every sample augmented from its own seed),
@@ -12,272 +12,28 @@ Every epoch (epoch runs) or iteration (iteration runs) starts from RNG states de
 resumed run repeats what an uninterrupted one computes, bit for bit.
 """
 import dataclasses
-import math
-import random
 import time
-from abc import ABC, abstractmethod
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, ContextManager, Optional
+from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..errors import Argument, ConfigError, NonFiniteLossError
+from ..errors import Argument, ConfigError
 from ..weights import WeightsReport, load_state_dict_into
 from .distributed import Distributed, setup_distributed
-from .options import RunOptions, merge_resumed
+from .options import merge_resumed
 from .run_checkpoint import RUN_CHECKPOINT_FORMAT, RunCheckpoint
-from .run_directory import Panels, RunDirectory
+from .run_directory import RunDirectory
 from .sampling import GlobalBatchSampler, ResumedBatches, SeededSamples, derive_seed, seed_everything
+from .step import amp_dtype_for, optimizer_step, raise_if_non_finite, rng_state
+from .task import EPOCHS, StepOutput, TrainingData, TrainingTask
 from .threads import set_threads
 
-__all__ = [
-    "AMP_DTYPES",
-    "EPOCHS",
-    "ITERATIONS",
-    "Evaluation",
-    "Schedule",
-    "StepOutput",
-    "TrainingData",
-    "TrainingTask",
-    "amp_dtype_for",
-    "autocast",
-    "check_finite",
-    "optimizer_step",
-    "raise_if_non_finite",
-    "rng_state",
-    "run_training",
-]
-
-AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-EPOCHS, ITERATIONS = "epoch", "iteration"  # the units a run counts in
-
-
-@dataclass
-class TrainingData:
-    """What a task trains on.
-
-    Attributes:
-        train_set: Indexable training samples (loaded and augmented under their own seed, see
-            :class:`~boat_vit.engine.sampling.SeededSamples`).
-        collate: Collates a list of samples into the batch :meth:`TrainingTask.training_step` takes.
-    """
-
-    train_set: Dataset
-    collate: Callable
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How long a run is and when it evaluates and saves.
-
-    Attributes:
-        total: Epochs or iterations in all (what the scheduler gives, cool-down included).
-        eval_interval: Iterations between evaluations (iteration runs; epoch runs evaluate every epoch).
-        checkpoint_interval: Iterations between checkpoints (iteration runs; epoch runs save every epoch).
-    """
-
-    total: int
-    eval_interval: int = 1
-    checkpoint_interval: int = 1
-
-
-@dataclass
-class StepOutput:
-    """What one training micro-step gives the skeleton: the loss to back-propagate, the images it covered and
-    the unreadable samples its batch skipped."""
-
-    loss: torch.Tensor
-    images: int
-    skipped: int = 0
-
-
-@dataclass
-class Evaluation:
-    """One evaluation of a task.
-
-    Attributes:
-        row: The metrics of this evaluation, for ``metrics.csv`` (the task's :attr:`TrainingTask.metric_fields`);
-            ``skipped_images``: unreadable samples it skipped (the skeleton adds those of training).
-        score: The value the best checkpoint is chosen by (higher is better).
-        best: What to keep of this evaluation when it is the best so far (the checkpoint's and summary's
-            ``best``).
-        line: A line to print after it (``None``: nothing).
-    """
-
-    row: dict
-    score: float
-    best: dict
-    line: Optional[str] = None
-
-
-class TrainingTask(ABC):
-    """One kind of training on the skeleton: its data, model, loss, metrics and recipe.
-
-    A subclass sets the class attributes and implements the hooks; :func:`run_training` calls them in this
-    order: :meth:`check_batching`, :meth:`build_data`, :meth:`build_model`, :meth:`build_optimizer`,
-    :meth:`build_scheduler`, then :meth:`training_step` for every micro-step and :meth:`evaluate` at every
-    evaluation, :meth:`checkpoint_extras` at every checkpoint and :meth:`summary` at the end.
-
-    Attributes:
-        kind: The task's name, stored in its run checkpoints and checked where they are read.
-        unit: :data:`EPOCHS` or :data:`ITERATIONS`.
-        metric_fields: The columns of ``metrics.csv``: the unit first, then ``train_loss``, ``lr``, the task's
-            metrics (:attr:`Evaluation.row`) and ``images_per_s``, in the order wanted.
-        plot_panels: The panels of ``curves.png``.
-        sync_batch_norm: Convert batch norms to SyncBatchNorm under CUDA ``torchrun``.
-        config: The run's options (a :class:`~boat_vit.engine.options.RunOptions` dataclass with ``output``,
-            ``clip_grad`` and ``check()``).
-    """
-
-    kind: ClassVar[str]
-    unit: ClassVar[str]
-    metric_fields: ClassVar[tuple[str, ...]]
-    plot_panels: ClassVar[Panels]
-    sync_batch_norm: ClassVar[bool] = False
-
-    def __init__(self, config: RunOptions):
-        self.config = config
-
-    # ---- recipe and data --------------------------------------------------------------------------------
-
-    accum_steps: int = 1  # micro-steps per optimizer step
-    ema_decay: Optional[float] = None  # keep an EMA of the weights with this decay (evaluated and saved)
-
-    @abstractmethod
-    def check_batching(self, world: Distributed) -> int:
-        """The images of one micro-step over all processes (checked against the process count).
-
-        Raises:
-            ConfigError: the batch cannot be split so.
-        """
-
-    @abstractmethod
-    def build_data(self, world: Distributed, resumed: Optional[RunCheckpoint]) -> TrainingData:
-        """Training (and the task's evaluation) data; checks a resumed run's data is its own."""
-
-    # ---- model ------------------------------------------------------------------------------------------
-
-    @abstractmethod
-    def build_model(self) -> nn.Module:
-        """The model, freshly initialised under the run's seed (the same call for a new and a resumed run)."""
-
-    @abstractmethod
-    def model_args(self) -> dict:
-        """Plain data from which the task rebuilds :meth:`build_model`'s model exactly (stored in checkpoints)."""
-
-    def load_initial_weights(self, model: nn.Module) -> Optional[WeightsReport]:
-        """Loads the initial weights a new run was given (none by default); the report is printed and summarised."""
-        return None
-
-    # ---- optimisation -----------------------------------------------------------------------------------
-
-    @abstractmethod
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """The optimizer of ``model``'s parameters."""
-
-    @abstractmethod
-    def build_scheduler(self, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> tuple[Any, Schedule]:
-        """A timm scheduler (stepped with ``step_update(updates)`` after every optimizer step) and the run's
-        :class:`Schedule`."""
-
-    @abstractmethod
-    def training_step(self, model: nn.Module, batch: Any, world: Distributed,
-                      amp_dtype: Optional[torch.dtype]) -> StepOutput:
-        """The loss of one micro-batch (on this process), under ``autocast`` where mixed precision is on."""
-
-    # ---- evaluation and results -------------------------------------------------------------------------
-
-    @abstractmethod
-    def evaluate(self, model: nn.Module, ema_model: Optional[nn.Module], world: Distributed,
-                 amp_dtype: Optional[torch.dtype], progress: bool, label: str) -> Evaluation:
-        """Evaluates the model (and its EMA); raises :class:`~boat_vit.errors.NonFiniteLossError` through
-        :func:`check_finite` for a non-finite result, which then stops the run before anything is saved."""
-
-    def checkpoint_extras(self) -> dict:
-        """The task's own entries of its run checkpoints (plain data, e.g. class names)."""
-        return {}
-
-    @abstractmethod
-    def summary(self, rows: list[dict], best: dict, weights: Optional[WeightsReport]) -> dict:
-        """The task's part of ``summary.json`` (the skeleton adds wall time, processes, output and options)."""
-
-    def title(self) -> str:
-        """The title of ``curves.png``."""
-        return self.kind
-
-
-# ---- mixed precision, the optimizer step and the non-finite guard ---------------------------------------
-
-
-def amp_dtype_for(device: torch.device, enabled: bool, name: Optional[str] = None) -> Optional[torch.dtype]:
-    """Mixed-precision dtype: ``None`` when off; bfloat16 on CPU and float16 on CUDA unless ``name`` says."""
-    if not enabled:
-        return None
-    if name is not None:
-        return AMP_DTYPES[name]
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
-def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> ContextManager:
-    """``torch.autocast`` to ``amp_dtype`` on ``device``, or a no-op context without mixed precision."""
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-
-
-def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   clip_grad: Optional[float] = None) -> None:
-    """One update through the grad scaler: unscale and clip the gradient norm (if asked), step, zero grads."""
-    from timm.utils import dispatch_clip_grad
-
-    if clip_grad:
-        scaler.unscale_(optimizer)
-        dispatch_clip_grad(model.parameters(), clip_grad)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def _stopped(what: str, output: str) -> NonFiniteLossError:
-    saved = RunDirectory.holds_checkpoint(output)
-    kept = (f"the last good checkpoint in {output} is intact" if saved else
-            f"no checkpoint had been saved in {output} yet")
-    return NonFiniteLossError(f"non-finite {what}; the run stopped before saving it and {kept} (try a lower ",
-                              Argument("lr"), ", ", Argument("clip_grad"), " or no ", Argument("amp"), ")")
-
-
-def check_finite(value: float, what: str, output: str) -> None:
-    """Raises :class:`~boat_vit.errors.NonFiniteLossError` for a NaN or infinite evaluation ``value``."""
-    if not math.isfinite(value):
-        raise _stopped(what, output)
-
-
-def raise_if_non_finite(loss: torch.Tensor, world: Distributed, where: str, output: str) -> None:
-    """Raises :class:`~boat_vit.errors.NonFiniteLossError` on every process when the loss of any process is
-    NaN or infinite."""
-    finite = torch.isfinite(loss.detach()).to(torch.float64)
-    if world.enabled:
-        finite = world.all_reduce_sum(finite.reshape(1)) / world.world_size
-    if float(finite) < 1:
-        raise _stopped(f"loss at {where}", output)
-
-
-def rng_state() -> dict:
-    """The global RNG states (torch, NumPy, Python) as plain data, for a checkpoint."""
-    numpy_state = np.random.get_state()
-    return dict(
-        torch=torch.get_rng_state(),
-        numpy=torch.from_numpy(numpy_state[1].astype(np.int64)),
-        numpy_pos=int(numpy_state[2]),
-        python=list(random.getstate()[1]),
-    )
-
-
-# ---- the run --------------------------------------------------------------------------------------------
+__all__ = ["run_training"]
 
 
 class _Running:
@@ -317,12 +73,6 @@ def _resume_point(task: TrainingTask, resumed: Optional[RunCheckpoint]) -> Optio
     fields = [f.name for f in dataclasses.fields(config)]
     merge_resumed(checkpoint.config, dataclasses.asdict(config), config.resume, fields)
     return checkpoint
-
-
-def _restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
-    random.setstate((3, tuple(state["python"]), None))
 
 
 def run_training(task: TrainingTask, resumed: Optional[RunCheckpoint] = None) -> dict:
@@ -444,10 +194,10 @@ class _Loop:
         if self.ema is not None:
             self.ema.update(self.model, step=updates)
 
-    def evaluate(self, step: int, label: str) -> bool:
+    def evaluate(self, step: int) -> bool:
         """Evaluates, appends the metrics row and keeps the best; returns whether it is the best so far."""
         evaluation = self.task.evaluate(self.model, self.ema.module if self.ema is not None else None, self.world,
-                                        self.amp_dtype, self.show, label)
+                                        self.amp_dtype, self.show, step)
         totals = self.running.fold(self.world)
         row = {self.task.unit: step, "train_loss": totals["loss"] / max(totals["images"], 1),
                "lr": self.optimizer.param_groups[0]["lr"], **evaluation.row,
@@ -502,7 +252,7 @@ class _Loop:
                                 lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                 img_s=f"{self.running.images * self.world.world_size / max(self.running.seconds, 1e-9):.1f}")
             self.running.seconds = time.perf_counter() - started
-            is_best = self.evaluate(epoch, f"eval {epoch + 1}/{total}")
+            is_best = self.evaluate(epoch)
             self.save(epoch + 1, is_best)
 
     def by_iterations(self, loader: DataLoader, sampler: GlobalBatchSampler, batches: ResumedBatches,
@@ -527,7 +277,7 @@ class _Loop:
                 evaluate_now = iteration % schedule.eval_interval == 0 or iteration == schedule.total
                 is_best = False
                 if evaluate_now:
-                    is_best = self.evaluate(iteration, f"eval @{iteration}")
+                    is_best = self.evaluate(iteration)
                     self.ddp_model.train()
                 if evaluate_now or iteration % schedule.checkpoint_interval == 0:
                     self.save(iteration, is_best)

@@ -70,7 +70,7 @@ from timm.layers import (
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from ..clustering import _format_shape
+from ..clustering import format_shape
 from ..layers import FeatureSpaceLocalAttention
 from ..weights import checked_filter, fill_missing_from_model
 from ._metadata import BOAT_PAPER_CFG
@@ -635,7 +635,7 @@ class BoatCSWin(nn.Module):
 def check_image(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], strict_img_size: bool) -> None:
     """Raises ``ValueError`` unless ``x`` is ``(B, in_chans, H, W)``, with ``(H, W) == img_size`` if strict."""
     if x.ndim != 4 or x.shape[1] != in_chans:
-        raise ValueError(f"expected input (B, {in_chans}, H, W), got shape {_format_shape(x.shape)}")
+        raise ValueError(f"expected input (B, {in_chans}, H, W), got shape {format_shape(x.shape)}")
     if strict_img_size and (x.shape[2] != img_size[0] or x.shape[3] != img_size[1]):
         raise ValueError(
             f"input size ({x.shape[2]}, {x.shape[3]}) != img_size ({img_size[0]}, {img_size[1]}) "

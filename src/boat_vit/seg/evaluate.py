@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..engine import Distributed, ShardSampler, autocast
+from ..errors import Argument, ConfigError
 from ..images import load_image, palette
 from .data import DatasetSpec, EvalTransform, SegmentationFolder, checked_batches, collate_segmentation
 from .inference import segment
@@ -38,11 +39,12 @@ class InferenceOptions:
 
     def __post_init__(self):
         if self.mode not in INFERENCE_MODES:
-            raise ValueError(f"--mode must be one of {INFERENCE_MODES}, got {self.mode!r}")
+            raise ConfigError(Argument("mode"), f" must be one of {INFERENCE_MODES}, got {self.mode!r}")
         if self.mode == "slide" and any(not 1 <= step <= size for step, size in zip(self.stride, self.crop)):
-            raise ValueError(f"--stride {list(self.stride)} must be between 1 and --crop-size {list(self.crop)}")
+            raise ConfigError(Argument("stride"), f" {list(self.stride)} must be between 1 and ", Argument("crop"),
+                              f" {list(self.crop)}")
         if not self.scales or any(not scale > 0 for scale in self.scales):
-            raise ValueError(f"--scales must be positive, got {list(self.scales)}")
+            raise ConfigError(Argument("scales"), f" must be positive, got {list(self.scales)}")
 
     def __call__(self, model: nn.Module, images: torch.Tensor, num_classes: int, out_size: Sequence[int]):
         return segment(model, images, num_classes, out_size, self.mode, self.crop, self.stride, self.scales, self.flip)

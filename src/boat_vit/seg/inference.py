@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import Argument, ConfigError
+
 __all__ = ["as_pair", "sliding_windows", "slide_logits", "segment"]
 
 WINDOW_BATCH = 4  # windows per forward in sliding-window inference
@@ -74,7 +76,7 @@ def segment(
     if mode not in ("whole", "slide"):
         raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
     if not scales or any(not scale > 0 for scale in scales):
-        raise ValueError(f"--scales must be positive, got {list(scales)}")
+        raise ConfigError(Argument("scales"), f" must be positive, got {list(scales)}")
     height, width = images.shape[-2:]
     probabilities = None
     for scale in scales:

@@ -1,6 +1,5 @@
 """Segmentation recipes: the options of a run (:class:`SegTrainConfig`), the released ADE20K recipe
 (``ade20k_upernet``) and how options, preset and defaults combine (:func:`resolve_seg_config`)."""
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -14,6 +13,7 @@ from ..engine import (
     RunCheckpoint,
     RunOptions,
     check_bounds,
+    given_options,
     resumed_config,
 )
 from ..errors import Argument, ConfigError
@@ -95,9 +95,6 @@ BOUNDS = dict(
     warmup_iters=NOT_NEGATIVE, warmup_ratio=PROBABILITY, clip_grad=POSITIVE, eval_interval=AT_LEAST_ONE,
     checkpoint_interval=AT_LEAST_ONE, eval_stride=AT_LEAST_ONE,
 )
-FIELDS = tuple(f.name for f in dataclasses.fields(SegTrainConfig))
-
-
 def resolve_seg_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoint] = None) -> SegTrainConfig:
     """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored).
 
@@ -108,16 +105,12 @@ def resolve_seg_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoin
     Raises:
         ConfigError: unknown options or presets, values out of range, or options a resumed run cannot take.
     """
-    values = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(values) - set(FIELDS)
-    if unknown:
-        raise ConfigError(f"unknown segmentation training options: {sorted(unknown)}")
+    values = given_options(SegTrainConfig, overrides, "segmentation training options")
     if values.get("resume") is not None:
         for key in ("crop_size", "eval_stride"):
             if key in values:
                 values[key] = as_pair(values[key])
-        checkpoint = resumed or RunCheckpoint.read(values["resume"], task="segmentation")
-        config = resumed_config(SegTrainConfig, values, checkpoint.config)
+        config = resumed_config(SegTrainConfig, values, "segmentation", resumed)
         config.backbone_kwargs = check_architecture_arguments(config.backbone_kwargs, values["resume"])
     else:
         preset = values.get("preset")

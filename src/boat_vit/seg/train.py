@@ -30,10 +30,7 @@ from ..engine import (
 from ..errors import Argument, ConfigError, DataError
 from ..models import check_model_name
 from ..weights import WeightsReport
-from .data import (
-    DatasetSpec, EvalTransform, SegmentationFolder, TrainAugmentation, check_samples, collate_segmentation,
-    dataset_spec,
-)
+from .data import EvalTransform, SegmentationFolder, TrainAugmentation, check_samples, collate_segmentation, dataset_spec
 from .evaluate import InferenceOptions, eval_loader, evaluate_segmentation, format_scores
 from .model import DEFAULT_AUX_CHANNELS, BoatUPerNet, load_backbone_weights
 from .recipes import SegTrainConfig
@@ -152,13 +149,13 @@ class SegmentationTask(TrainingTask):
         return StepOutput(loss, len(images))
 
     def evaluate(self, model: nn.Module, ema_model: Optional[nn.Module], world: Distributed,
-                 amp_dtype: Optional[torch.dtype], progress: bool, label: str) -> Evaluation:
+                 amp_dtype: Optional[torch.dtype], progress: bool, step: int) -> Evaluation:
         scores = evaluate_segmentation(model, self.val_loader, self.spec, self.inference, world, amp_dtype,
-                                       progress=progress, description=label)
+                                       progress=progress, description=f"eval @{step}")
         if scores.non_finite_pixels:
-            check_finite(math.nan, f"segmentation output at {label}", self.config.output)
+            check_finite(math.nan, f"segmentation output at iteration {step}", self.config.output)
         row = dict(miou=scores.miou, macc=scores.macc, aacc=scores.aacc)
-        line = f"{label}: {format_scores(scores, self.spec.class_names, per_class=False)}"
+        line = f"iteration {step}: {format_scores(scores, self.spec.class_names, per_class=False)}"
         return Evaluation(row, scores.miou, dict(miou=scores.miou, iou=scores.iou), line)
 
     def checkpoint_extras(self) -> dict:
