@@ -1,7 +1,6 @@
 """Detection recipes: the options of a run (:class:`DetTrainConfig`), the host papers' COCO Mask R-CNN recipes
 (``coco_maskrcnn_1x``, ``coco_maskrcnn_3x``), the ``digit_det`` task's, and how options, preset and defaults
 combine (:func:`resolve_det_config`)."""
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,6 +14,7 @@ from ..engine import (
     RunCheckpoint,
     RunOptions,
     check_bounds,
+    given_options,
     resumed_config,
 )
 from ..errors import Argument, ConfigError
@@ -121,8 +121,6 @@ BOUNDS = dict(
     lr=POSITIVE, weight_decay=NOT_NEGATIVE, warmup_iters=NOT_NEGATIVE, warmup_ratio=Bounds(0, 1, low_open=True),
     clip_grad=POSITIVE, eval_interval=AT_LEAST_ONE, checkpoint_interval=AT_LEAST_ONE,
 )
-FIELDS = tuple(f.name for f in dataclasses.fields(DetTrainConfig))
-
 
 def drop_path_for(backbone: str) -> float:
     """The stochastic depth of a backbone by its size word (``tiny``, ``small``, ``base``); 0 for other names."""
@@ -139,16 +137,12 @@ def resolve_det_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoin
     Raises:
         ConfigError: unknown options or presets, values out of range, or options a resumed run cannot take.
     """
-    values = {k: v for k, v in overrides.items() if v is not None}
+    values = given_options(DetTrainConfig, overrides, "detection training options")
     for key in ("train_scales", "lr_steps"):
         if key in values:
             values[key] = tuple(values[key])
-    unknown = set(values) - set(FIELDS)
-    if unknown:
-        raise ConfigError(f"unknown detection training options: {sorted(unknown)}")
     if values.get("resume") is not None:
-        checkpoint = resumed or RunCheckpoint.read(values["resume"], task="detection")
-        config = resumed_config(DetTrainConfig, values, checkpoint.config)
+        config = resumed_config(DetTrainConfig, values, "detection", resumed)
         config.backbone_kwargs = check_architecture_arguments(config.backbone_kwargs, values["resume"])
     else:
         preset = values.get("preset")
