@@ -13,7 +13,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "boat_vit"
 PACKAGE = "boat_vit"
 MODEL_LIBRARY = ("boat_vit.errors", "boat_vit.files", "boat_vit.weights", "boat_vit.clustering", "boat_vit.layers",
                  "boat_vit.models", "boat_vit.checkpoint")
-TASKS = ("boat_vit.classification", "boat_vit.seg")
+TASKS = ("boat_vit.classification", "boat_vit.seg", "boat_vit.det")
 ABOVE_THE_LIBRARY = ("boat_vit.engine", *TASKS, "boat_vit.bench", "boat_vit.visualize", "boat_vit.cli")
 
 
@@ -96,6 +96,15 @@ def test_segmentation_does_not_lean_on_classification(graph):
     leaning = sorted(m for m, targets in graph.items() if _within(m, ["boat_vit.classification"])
                      and any(_within(t, ["boat_vit.seg"]) for t in targets))
     assert not leaning, f"classification modules importing segmentation: {leaning}"
+
+
+def test_detection_does_not_lean_on_the_other_tasks(graph):
+    leaning = sorted((m, t) for m, targets in graph.items() if _within(m, ["boat_vit.det"])
+                     for t in targets if _within(t, ["boat_vit.classification", "boat_vit.seg"]))
+    assert not leaning, f"detection modules importing another task: {leaning}"
+    leaning = sorted((m, t) for m, targets in graph.items() if _within(m, ["boat_vit.classification", "boat_vit.seg"])
+                     for t in targets if _within(t, ["boat_vit.det"]))
+    assert not leaning, f"task modules importing detection: {leaning}"
 
 
 def test_the_model_library_stands_below_the_tasks_and_tools(graph):

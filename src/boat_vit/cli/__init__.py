@@ -2,8 +2,8 @@
 
 The top of the package: every command is a thin shell over importable functions, and nothing in the
 package imports this one. Commands are grouped by task: :mod:`.classification` (train, eval, predict),
-:mod:`.segmentation` (seg-train, seg-eval, seg-predict) and :mod:`.tools` (convert, export, bench,
-show-clusters).
+:mod:`.segmentation` (seg-train, seg-eval, seg-predict), :mod:`.detection` (det-train, det-eval,
+det-predict) and :mod:`.tools` (convert, export, bench, show-clusters).
 
 Bad input never ends in a traceback: it is one line, ``boat-vit COMMAND: error: ...`` naming the option,
 file or value at fault, and exit status 2.
@@ -19,7 +19,7 @@ with quiet_interrupt():  # the commands import torch, timm, smp: seconds in whic
     from ..engine import NonFiniteLossError
     from ..errors import BoatVitError
     from ..export import ExportMismatchError
-    from . import classification, segmentation, tools
+    from . import classification, detection, segmentation, tools
     from .options import USAGE_ERROR, flag_spelling
 
 __all__ = ["USAGE_ERROR", "build_parser", "main"]
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="boat-vit", description="BOAT vision transformers: models, weights, training and "
                                                         "tools.")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for group in (classification, segmentation, tools):
+    for group in (classification, segmentation, detection, tools):
         group.add_parsers(subparsers)
     for command in subparsers.choices.values():
         command.set_defaults(prog=command.prog)  # errors name the command

@@ -1,6 +1,7 @@
 """Process groups for ``torchrun``: gloo on CPU, NCCL on CUDA; a no-op in a single process."""
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,14 @@ class Distributed:
         values = values.to(self.device, torch.float64)
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values.cpu()
+
+    def all_gather_objects(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (picklable), in rank order, on every process; ``[value]`` in a single process."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
 
     def barrier(self) -> None:
         if self.enabled:
