@@ -17,11 +17,12 @@ from .design import (
     AblationTask,
     Contender,
     Pilot,
+    PilotResult,
     design_config,
     narrow,
     quick_config,
 )
-from .runner import PilotFailed, PilotResult, apply_pilot, collect, pilot_passes, run_ablation, run_pilot
+from .runner import PilotFailed, apply_pilot, collect, pilot_passes, run_ablation, run_pilot
 
 __all__ = [
     "BASELINES",

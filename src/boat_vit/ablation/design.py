@@ -32,6 +32,8 @@ from ..classification.tasks import parse_task
 __all__ = [
     "AblationConfig",
     "AblationTask",
+    "AnalysisPlan",
+    "Comparison",
     "BASELINES",
     "CONTENDERS",
     "Contender",
@@ -41,6 +43,7 @@ __all__ = [
     "FAMILY_MODELS",
     "INPUT_SCALE",
     "Pilot",
+    "PilotResult",
     "design_config",
     "narrow",
     "quick_config",
@@ -128,6 +131,69 @@ class Pilot:
     alpha: float = 0.05
 
 
+@dataclass(frozen=True)
+class PilotResult:
+    """What the pilot decided.
+
+    Attributes:
+        epochs: The budget (``None``: no rung passed).
+        secondary_learns: Whether the secondary contender learned the pilot's task at that budget.
+        rungs: Per rung tried, ``{epochs, passed, top1: {contender: [final top-1 per seed]}, curves}``.
+        seeds: Paired seeds the power calculation asks for on the pilot's task (:class:`Pilot`).
+        spread: The standard deviation of paired differences that calculation assumed.
+    """
+
+    epochs: Optional[int]
+    secondary_learns: bool
+    rungs: tuple[dict, ...]
+    seeds: Optional[int] = None
+    spread: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``contender`` against ``baseline`` on ``task``, paired by seed; ``question`` says what it asks."""
+
+    task: str
+    contender: str
+    baseline: str
+    question: str
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    """The analysis fixed before the results (README, "Does FSLA help?").
+
+    Attributes:
+        claim: Does FSLA beat the FSLA-off model on the long-range task?
+        content: Do content groups beat the content-free controls (random, norm)?
+        check: Does global attention beat the FSLA-off model (does long range pay at this budget)?
+        rivals: The equivalence question (FSLA against global attention), tested within ``margin`` points.
+        secondary: The secondary family's comparisons (their own Holm family).
+        control_task: The positive control: every contender should learn it in every seed.
+        alpha: Family-wise level of each Holm family, and the level of the equivalence test.
+        margin: Equivalence margin in points of top-1.
+        effect: The smallest gain of interest in points; ruling it out (upper 95% bound below it) refutes.
+        escape: Final top-1 from which a run counts as having learned the task.
+    """
+
+    claim: Comparison
+    content: tuple[Comparison, ...]
+    check: Comparison
+    rivals: Comparison
+    secondary: tuple[Comparison, ...]
+    control_task: str
+    alpha: float
+    margin: float
+    effect: float
+    escape: float = ESCAPE_TOP1
+
+    @property
+    def family(self) -> tuple[Comparison, ...]:
+        """The confirmatory comparisons corrected together (Holm)."""
+        return (self.claim, *self.content, self.check)
+
+
 @dataclass
 class AblationConfig:
     """Everything the ablation needs; the training recipe is shared by every run.
@@ -140,6 +206,7 @@ class AblationConfig:
         cswin: CSWin configuration of the design.
         pilot: The budget rule (``None``: the tasks' epochs stand).
         secondary: Key of the task the pilot may move to its ``fallback_spec``.
+        analysis: The pre-stated analysis (``None``: a descriptive report only).
         batch_size, lr, weight_decay, warmup_epochs, min_lr, clip_grad: The recipe (AdamW, cosine schedule
             with linear warm-up per update, gradient clipping; no augmentation, no label smoothing, no drop
             path).
@@ -156,6 +223,7 @@ class AblationConfig:
     cswin: dict = field(default_factory=dict)
     pilot: Optional[Pilot] = None
     secondary: Optional[str] = None
+    analysis: Optional[AnalysisPlan] = None
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -206,6 +274,18 @@ BUDGET_LADDER = (12, 24, 48)  # epochs of 3,200 images, 50 updates each
 EFFECT_OF_INTEREST = 20.0  # points of final top-1: about half of what learning the far task is worth
 CONFIRMATORY_COMPARISONS = 4  # the Holm family on the far task (README); the power uses its first threshold
 ALPHA = 0.05
+EQUIVALENCE_MARGIN = 5.0  # points of top-1 within which FSLA "rivals" global attention
+LONG_RANGE_ANALYSIS = AnalysisPlan(
+    claim=Comparison("far", "boat_swin", "swin", "does FSLA give the windowed Swin the range it lacks?"),
+    content=(Comparison("far", "boat_swin", "boat_swin_random", "do content groups beat random groups?"),
+             Comparison("far", "boat_swin", "boat_swin_norm", "do content groups beat ink-vs-background groups?")),
+    check=Comparison("far", "swin_global", "swin", "does global attention in the FSLA slot learn far pairs?"),
+    rivals=Comparison("far", "boat_swin", "swin_global", "does FSLA rival global attention?"),
+    secondary=(Comparison("cswin", "boat_cswin", "cswin", "BOAT-CSWin (released scale 1.0) against CSWin"),
+               Comparison("cswin", "boat_cswin_scaled", "cswin", "BOAT-CSWin (head_dim^-0.5) against CSWin"),
+               Comparison("cswin", "boat_cswin_scaled", "boat_cswin", "head_dim^-0.5 against the released 1.0")),
+    control_task="near", alpha=ALPHA, margin=EQUIVALENCE_MARGIN, effect=EFFECT_OF_INTEREST,
+)
 LONG_RANGE_PILOT = Pilot(task="far", contender="swin_global", ladder=BUDGET_LADDER, secondary="cswin",
                          fallback_spec=FIRST_PAIRS_SPEC, effect=EFFECT_OF_INTEREST,
                          alpha=ALPHA / CONFIRMATORY_COMPARISONS)
@@ -219,7 +299,8 @@ def _long_range(output: str) -> AblationConfig:
         AblationTask("cswin", FAR_SPEC, SECONDARY_CONTENDERS, epochs, SECONDARY_SEEDS),
     )
     return AblationConfig(output=output, design="long-range", tasks=tasks, swin=dict(LOCAL_SWIN),
-                          cswin=dict(LOCAL_CSWIN), pilot=LONG_RANGE_PILOT, secondary="cswin")
+                          cswin=dict(LOCAL_CSWIN), pilot=LONG_RANGE_PILOT, secondary="cswin",
+                          analysis=LONG_RANGE_ANALYSIS)
 
 
 # ---- the first design ----------------------------------------------------------------------------------
@@ -270,7 +351,7 @@ def quick_config(output: str = "runs/ablation-quick", **overrides) -> AblationCo
     pilot = Pilot(task="far", contender="swin_global", ladder=(1,), seeds=1, required=1, threshold=0.0,
                   secondary="cswin", fallback_spec=f"{FIRST_PAIRS_SPEC}:{QUICK_SPLITS}")
     values = dict(output=output, design="long-range", tasks=tasks, swin=dict(QUICK_SWIN), cswin=dict(QUICK_CSWIN),
-                  pilot=pilot, secondary="cswin", batch_size=32)
+                  pilot=pilot, secondary="cswin", analysis=LONG_RANGE_ANALYSIS, batch_size=32)
     values.update(overrides)
     return AblationConfig(**values)
 

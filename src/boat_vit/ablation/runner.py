@@ -26,11 +26,12 @@ from ..checkpoint import atomic_write
 from ..classification import TrainConfig, train_classifier
 from ..classification.tasks import parse_task
 from ..engine.run_directory import LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE
-from .design import CONTENDERS, AblationConfig, AblationTask, Pilot
+from .design import CONTENDERS, AblationConfig, AblationTask, Pilot, PilotResult
 from .planning import PLAN_FILE, Run, plan_record, plan_runs, train_config, write_examples, write_init
+from .report import write_report
 from .statistics import seeds_for_power
 
-__all__ = ["PILOT_FILE", "PilotFailed", "PilotResult", "pilot_passes", "run_pilot", "apply_pilot", "run_ablation",
+__all__ = ["PILOT_FILE", "PilotFailed", "pilot_passes", "run_pilot", "apply_pilot", "run_ablation",
            "collect"]
 
 PILOT_FOLDER = "pilot"
@@ -39,25 +40,6 @@ PILOT_FILE = "pilot.json"
 
 class PilotFailed(ValueError):
     """No budget of the pilot's ladder passed its rule: the main run does not start."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PilotResult:
-    """What the pilot decided.
-
-    Attributes:
-        epochs: The budget (``None``: no rung passed).
-        secondary_learns: Whether the secondary contender learned the pilot's task at that budget.
-        rungs: Per rung tried, ``{epochs, passed, top1: {contender: [final top-1 per seed]}, curves}``.
-        seeds: Paired seeds the power calculation asks for on the pilot's task (:class:`Pilot`).
-        spread: The standard deviation of paired differences that calculation assumed.
-    """
-
-    epochs: Optional[int]
-    secondary_learns: bool
-    rungs: tuple[dict, ...]
-    seeds: Optional[int] = None
-    spread: Optional[float] = None
 
 
 def pilot_passes(top1: Sequence[float], threshold: float, required: int) -> bool:
@@ -148,8 +130,6 @@ def run_ablation(config: AblationConfig, report_only: bool = False) -> tuple[lis
     Returns:
         One result row per finished run, the configuration that ran (at the pilot's budget) and the pilot.
     """
-    from .report import write_report
-
     config.check()
     output = Path(config.output)
     if output.exists() and not output.is_dir():
