@@ -113,9 +113,10 @@ class Pilot:
 
     At each rung of ``ladder`` (epochs, the same for every contender and task), ``contender`` trains on
     task ``task`` with seeds ``0 .. seeds - 1``; the first rung where at least ``required`` of them reach
-    ``threshold`` held-out top-1 is the budget. No rung passing means no main run. ``secondary`` also trains
-    at each rung: if at least ``required`` of its seeds reach the threshold at the chosen rung, the
-    secondary comparison runs on ``task``, else on ``fallback_spec`` (a task the family is known to learn).
+    ``threshold`` held-out top-1 is the budget (seeds train in order and stop once the rule is decided). No
+    rung passing means no main run. ``secondary`` then trains at the chosen rung: if at least ``required``
+    of its seeds reach the threshold, the secondary comparison runs on ``task``, else on ``fallback_spec``
+    (a task the family is known to learn).
     """
 
     task: str

@@ -68,11 +68,15 @@ def contender_kwargs(config: AblationConfig, task: TaskConfig, name: str) -> dic
 
 
 def plan_runs(config: AblationConfig) -> tuple[list[Run], dict]:
-    """All runs (seed-major within a task, so partial results cover every contender) and each contender's
-    ``{embed_dim, params, macs}`` per task."""
+    """All runs and each contender's ``{embed_dim, params, macs}`` per task.
+
+    Order: seed by seed across the tasks (all contenders of a task for one seed, then the next task), the
+    secondary task after the others, so that a run stopped early has paired results for every contender.
+    """
     output = Path(config.output)
-    runs, costs = [], {}
+    per_task, costs = {}, {}
     for task in config.tasks:
+        runs = per_task[task.key] = []
         task_config = parse_task(task.spec)
         num_classes = len(task_config.classes)
         kwargs = {}
@@ -90,7 +94,11 @@ def plan_runs(config: AblationConfig) -> tuple[list[Run], dict]:
                                        **CONTENDERS[BASELINES[contender.family]].overrides)
                 folder = output / task.key / name / f"seed{seed}"
                 runs.append(Run(task, name, seed, kwargs[name], folder, init, init_kwargs))
-    return runs, costs
+    ordered = []
+    for group in ([t for t in config.tasks if t.key != config.secondary], [t for t in config.tasks if t.key == config.secondary]):
+        for seed in range(max((t.seeds for t in group), default=0)):
+            ordered += [run for task in group for run in per_task[task.key] if run.seed == seed]
+    return ordered, costs
 
 
 def train_config(config: AblationConfig, run: Run) -> TrainConfig:
@@ -140,4 +148,5 @@ def write_examples(config: AblationConfig) -> None:
             label = task_config.classes[held_out.targets[index]]
             path = folder / f"{task.key}-{index}-{label}.png"
             if not path.exists():
-                Image.fromarray(held_out.images[index]).save(path)
+                image = Image.fromarray(held_out.images[index])
+                atomic_write(path, lambda file, image=image: image.save(file, format="PNG"))

@@ -47,17 +47,46 @@ def pilot_passes(top1: Sequence[float], threshold: float, required: int) -> bool
     return sum(value >= threshold for value in top1) >= required
 
 
-def _pilot_config(config: AblationConfig, epochs: int) -> AblationConfig:
+def _pilot_config(config: AblationConfig, epochs: int, contender: str) -> AblationConfig:
     pilot = config.pilot
     task = next(t for t in config.tasks if t.key == pilot.task)
-    contenders = (pilot.contender,) + ((pilot.secondary,) if pilot.secondary else ())
-    rung = AblationTask(task.key, task.spec, contenders, epochs, pilot.seeds)
+    rung = AblationTask(task.key, task.spec, (contender,), epochs, pilot.seeds)
     output = Path(config.output) / PILOT_FOLDER / f"{epochs}ep"
-    return dataclasses.replace(config, output=str(output), tasks=(rung,), pilot=None, secondary=None)
+    return dataclasses.replace(config, output=str(output), tasks=(rung,), pilot=None, secondary=None, analysis=None)
+
+
+def _decided(top1: Sequence[float], pilot: Pilot) -> Optional[bool]:
+    """The rule's outcome once the seeds still to run cannot change it (``None`` before)."""
+    if pilot_passes(top1, pilot.threshold, pilot.required):
+        return True
+    learned = sum(value >= pilot.threshold for value in top1)
+    if learned + pilot.seeds - len(top1) < pilot.required:
+        return False
+    return None
+
+
+def _pilot_runs(config: AblationConfig, epochs: int, contender: str, report_only: bool) -> tuple[list[dict], bool]:
+    """Trains ``contender``'s pilot seeds in order, ``jobs`` at a time, until the rule is decided; returns the
+    finished runs' rows and whether every seed the rule needed was there."""
+    rung_config = _pilot_config(config, epochs, contender)
+    runs, _ = plan_runs(rung_config)
+    rows: list[dict] = []
+    for start in range(0, len(runs), config.jobs):
+        if _decided([r["final_top1"] for r in rows], config.pilot) is not None:
+            break
+        batch = runs[start:start + config.jobs]
+        if report_only and not all((run.folder / SUMMARY_FILE).exists() for run in batch):
+            return rows, False
+        _execute(rung_config, batch, report_only)
+        rows += collect(rung_config, batch)
+    return rows, True
 
 
 def run_pilot(config: AblationConfig, report_only: bool = False) -> PilotResult:
     """Walks the pilot's ladder (resumable) until a rung passes; writes ``pilot.json`` into the ablation folder.
+
+    At each rung the pilot contender's seeds train in order and stop as soon as the rule is decided; the
+    secondary contender trains at the chosen rung only (where its result is used), likewise.
 
     Args:
         config: The ablation; ``config.pilot`` is the rule.
@@ -66,27 +95,34 @@ def run_pilot(config: AblationConfig, report_only: bool = False) -> PilotResult:
     pilot: Pilot = config.pilot
     rungs, chosen, secondary_learns, seeds, spread = [], None, False, None, None
     for epochs in pilot.ladder:
-        rung_config = _pilot_config(config, epochs)
-        runs, _ = plan_runs(rung_config)
-        if report_only and not all((run.folder / SUMMARY_FILE).exists() for run in runs):
+        if config.verbose and not report_only:
+            print(f"pilot: {pilot.contender}, {epochs} epochs", flush=True)
+        rows, complete = _pilot_runs(config, epochs, pilot.contender, report_only)
+        if not complete:
             break
-        if config.verbose:
-            print(f"pilot: {epochs} epochs", flush=True)
-        _execute(rung_config, runs)
-        rows = collect(rung_config, runs)
-        top1 = {name: [r["final_top1"] for r in rows if r["contender"] == name] for name in rung_config.tasks[0].contenders}
-        passed = pilot_passes(top1[pilot.contender], pilot.threshold, pilot.required)
-        rungs.append(dict(epochs=epochs, passed=passed, top1=top1, curves={
-            f"{r['contender']}/seed{r['seed']}": r["curve"] for r in rows}))
-        if passed:
-            chosen = epochs
-            if pilot.secondary:
-                secondary_learns = pilot_passes(top1[pilot.secondary], pilot.threshold, pilot.required)
-            chance = 100.0 / len(parse_task(rung_config.tasks[0].spec).classes)
-            learned = [value for value in top1[pilot.contender] if value >= pilot.threshold]
-            spread = (statistics.fmean(learned) - chance) / 2
-            seeds = seeds_for_power(pilot.effect, spread, pilot.alpha, pilot.power) if pilot.effect else None
-            break
+        top1 = {pilot.contender: [r["final_top1"] for r in rows]}
+        curves = {f"{r['contender']}/seed{r['seed']}": r["curve"] for r in rows}
+        passed = bool(_decided(top1[pilot.contender], pilot))
+        rung = dict(epochs=epochs, passed=passed, top1=top1, curves=curves)
+        rungs.append(rung)
+        if not passed:
+            continue
+        if pilot.secondary:
+            if config.verbose and not report_only:
+                print(f"pilot: {pilot.secondary}, {epochs} epochs", flush=True)
+            secondary_rows, complete = _pilot_runs(config, epochs, pilot.secondary, report_only)
+            if not complete:
+                break
+            top1[pilot.secondary] = [r["final_top1"] for r in secondary_rows]
+            curves.update({f"{r['contender']}/seed{r['seed']}": r["curve"] for r in secondary_rows})
+            secondary_learns = bool(_decided(top1[pilot.secondary], pilot))
+        chosen = epochs
+        task = next(t for t in config.tasks if t.key == pilot.task)
+        chance = 100.0 / len(parse_task(task.spec).classes)
+        learned = [value for value in top1[pilot.contender] if value >= pilot.threshold]
+        spread = (statistics.fmean(learned) - chance) / 2
+        seeds = seeds_for_power(pilot.effect, spread, pilot.alpha, pilot.power) if pilot.effect else None
+        break
     result = PilotResult(chosen, secondary_learns, tuple(rungs), seeds, spread)
     if rungs:
         document = dict(dataclasses.asdict(result), rule=dataclasses.asdict(pilot))

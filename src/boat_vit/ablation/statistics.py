@@ -24,6 +24,7 @@ __all__ = [
 
 CONFIDENCE = 0.95
 MAX_POWER_SEEDS = 1000  # search limit of seeds_for_power
+MDD_TOLERANCE = 1e-4  # bisection stops within this many SDs
 MDD_SEARCH_SDS = 8.0  # minimum_detectable_difference searches up to this many SDs (power 1 at any n >= 2)
 
 
@@ -130,9 +131,9 @@ def seeds_for_power(difference: float, sd: float, alpha: float, power: float) ->
 
 
 def minimum_detectable_difference(seeds: int, sd: float, alpha: float, power: float) -> float:
-    """Smallest true mean difference that ``seeds`` paired seeds detect with ``power`` (to 0.01 points)."""
+    """Smallest true mean difference that ``seeds`` paired seeds detect with ``power`` (to 1e-4 sd)."""
     low, high = 0.0, MDD_SEARCH_SDS * sd
-    while high - low > 0.01:
+    while high - low > MDD_TOLERANCE * sd:
         middle = (low + high) / 2
         low, high = (low, middle) if paired_t_power(seeds, middle, sd, alpha) >= power else (middle, high)
     return high
