@@ -21,7 +21,8 @@ from ..engine import RUN_OPTIONS, seed_everything
 from .cost import build_model, head_dim_scale, match_width, params_and_macs
 from .design import BASELINES, CONTENDERS, FAMILY_MODELS, INPUT_SCALE, AblationConfig, AblationTask
 
-__all__ = ["PLAN_FILE", "Run", "plan_runs", "train_config", "plan_record", "write_init", "write_examples"]
+__all__ = ["PLAN_FILE", "Run", "plan_runs", "train_config", "plan_record", "same_plan", "write_init",
+           "write_examples"]
 
 PLAN_FILE = "plan.json"
 INIT_FOLDER = "init"
@@ -122,6 +123,16 @@ def plan_record(training: TrainConfig, run: Run) -> dict:
     for key in RUN_OPTIONS:
         record.pop(key)
     return json.loads(json.dumps(dict(record, task=run.task.key, contender=run.contender)))
+
+
+def same_plan(stored: dict, record: dict) -> bool:
+    """Whether a stored plan record and a new one describe the same run, wherever the ablation folder lies
+    (initial weights are compared by file name: they always sit in the folder's ``init/``)."""
+    def located(plan: dict) -> dict:
+        weights = plan.get("pretrained_file")
+        return dict(plan, pretrained_file=Path(weights).name if weights else weights)
+
+    return located(stored) == located(record)
 
 
 def write_init(run: Run) -> None:

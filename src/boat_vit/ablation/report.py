@@ -225,8 +225,16 @@ def _colour(name: str):
 
 
 def write_report(rows: Sequence[dict], config: AblationConfig, costs: dict,
-                 pilot: Optional[PilotResult] = None) -> dict[str, Path]:
-    """Writes ``results.csv``, ``results.md``, ``curves.png`` and ``cost.png`` into the ablation folder."""
+                 pilot: Optional[PilotResult] = None, planned: Optional[int] = None) -> dict[str, Path]:
+    """Writes ``results.csv``, ``results.md``, ``curves.png`` and ``cost.png`` into the ablation folder.
+
+    Args:
+        rows: The finished runs (:func:`~boat_vit.ablation.runner.collect`).
+        config: The ablation as it ran (at the pilot's budget).
+        costs: Parameters and MACs per task and contender.
+        pilot: The pilot's result, if the design has one.
+        planned: Runs the ablation plans; with fewer finished the decision is marked interim.
+    """
     output = Path(config.output)
     paths = dict(csv=output / RESULTS_CSV, markdown=output / RESULTS_MD, curves=output / CURVES_PNG,
                  cost=output / COST_PNG)
@@ -235,6 +243,9 @@ def write_report(rows: Sequence[dict], config: AblationConfig, costs: dict,
         table = [{k: r.get(k) for k in RESULT_FIELDS} for r in rows]
         atomic_write(paths["csv"], lambda f: _write_rows(table, f), mode="w")
     sections = [f"# Does FSLA help? Design `{config.design}`"]
+    if planned is not None and len(rows) < planned:
+        sections.append(f"**Interim report: {len(rows)} of {planned} runs finished.** The decision below applies "
+                        "the rules to the finished runs only; it stands when every run is in.")
     if config.analysis is not None and rows:
         sections += ["## Decision (rules fixed before the results)", _analysis_text(analyse(rows, config.analysis), config)]
     premise = premise_check(config)

@@ -27,7 +27,7 @@ from ..classification import TrainConfig, train_classifier
 from ..classification.tasks import parse_task
 from ..engine.run_directory import LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE
 from .design import CONTENDERS, AblationConfig, AblationTask, Pilot, PilotResult
-from .planning import PLAN_FILE, Run, plan_record, plan_runs, train_config, write_examples, write_init
+from .planning import PLAN_FILE, Run, plan_record, plan_runs, same_plan, train_config, write_examples, write_init
 from .report import write_report
 from .statistics import seeds_for_power
 
@@ -185,7 +185,7 @@ def run_ablation(config: AblationConfig, report_only: bool = False) -> tuple[lis
     write_examples(config)
     _execute(config, runs, report_only)
     rows = collect(config, runs, costs)
-    write_report(rows, config, costs, pilot)
+    write_report(rows, config, costs, pilot, planned=len(runs))
     return rows, config, pilot
 
 
@@ -194,7 +194,7 @@ def _prepare(config: AblationConfig, run: Run, report_only: bool) -> Optional[Tr
     training = train_config(config, run)
     record = plan_record(training, run)
     plan_path = run.folder / PLAN_FILE
-    if plan_path.exists() and json.loads(plan_path.read_text()) != record:
+    if plan_path.exists() and not same_plan(json.loads(plan_path.read_text()), record):
         raise ValueError(f"{run.folder} was run with other settings; use another --output or remove it")
     if (run.folder / SUMMARY_FILE).exists() or report_only:
         return None
