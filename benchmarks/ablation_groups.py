@@ -1,15 +1,16 @@
-"""Do FSLA's groups join the two digits of a ``digit-pairs`` image? Measured on the held-out split.
+"""Do FSLA's groups join the two digits of a ``digit-pairs`` image, and more than groups that only separate
+ink from background would? Measured on the held-out split.
 
 For a trained ablation run (``boat-vit ablate``), every FSLA layer of the model is recorded on the held-out
 images (:func:`boat_vit.layers.recording_clusters`). A token is *ink of digit A* when its patch holds
 ink inside digit A's box (likewise B). For every ink token of A and every head, ``reach`` is the share of
 B's ink tokens among the keys it attends to through FSLA (its group plus the sibling overlap); the script
-averages it over A's ink tokens, heads and images, separately for ``same`` and ``different`` pairs, and
-compares it with the same model's layers when the groups are drawn at random (same layout; the value a
-content-blind grouping gives). Window attention in stage 1 reaches none of B (the digits are more than a
-window apart); global attention reaches all of it.
+averages it over A's ink tokens, heads and images, separately for ``same`` and ``different`` pairs. The
+same model's layers are then measured with the other groupings of the same layout on the same queries:
+``norm`` (queries ranked by norm: ink vs background) and ``random`` (content-blind). Window attention
+reaches none of B when the digits are more than a window apart; global attention reaches all of it.
 
-    python benchmarks/ablation_groups.py runs/ablation/pairs/boat_swin/seed0/best.pth
+    python benchmarks/ablation_groups.py runs/ablation-long-range/far/boat_swin/seed0/last.pth
 """
 import argparse
 import contextlib
@@ -25,6 +26,7 @@ from boat_vit.classification.tasks import generate_split, parse_task
 from boat_vit.layers import recording_clusters
 
 BATCH = 100
+COMPARED_GROUPINGS = ("content", "norm", "random")  # the layer's rule first, then the controls of its layout
 
 
 def ink_tokens(image: np.ndarray, box: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     mean, std = (torch.tensor(data_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     images = (torch.from_numpy(np.ascontiguousarray(raw)).float()[:, None].expand(-1, 3, -1, -1) / 255 - mean) / std
     print(f"{args.checkpoint}: {task.spec()}, {count} held-out images")
-    for grouping in ("content", "random"):
+    for grouping in COMPARED_GROUPINGS:
         for layer in model.modules():
             if isinstance(layer, FeatureSpaceLocalAttention):
                 layer.grouping = grouping  # eval mode: random groups are one fixed draw per head

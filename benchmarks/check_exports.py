@@ -21,7 +21,7 @@ import timm
 import torch
 
 import boat_vit  # noqa: F401  (registers the models)
-from boat_vit.checkpoint import save_safetensors
+from boat_vit.files import save_safetensors
 from boat_vit.export import FORMATS
 
 MODELS = (

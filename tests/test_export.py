@@ -392,7 +392,7 @@ def test_a_live_exports_staging_folder_is_kept(tmp_path):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_tiny_models_export_at_default_settings(name, fmt, tmp_path, capsys):
     """``boat-vit export`` of each family's T model with timm-initialised weights, every format, defaults."""
-    from boat_vit.checkpoint import save_safetensors
+    from boat_vit.files import save_safetensors
     from boat_vit.cli import main
 
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""The ablation groupings of FSLA: random balanced groups and one global group, in the layer and the models."""
+"""The ablation groupings of FSLA: random balanced groups, one global group and groups ranked by query norm, in
+the layer and the models."""
 import pytest
 import timm
 import torch
@@ -6,7 +7,12 @@ import torch.nn.functional as F
 
 import boat_vit  # noqa: F401  (registers the models)
 from boat_vit import FeatureSpaceLocalAttention
-from boat_vit.clustering import plan_groups, random_balanced_clustering, single_group_clustering
+from boat_vit.clustering import (
+    norm_balanced_clustering,
+    plan_groups,
+    random_balanced_clustering,
+    single_group_clustering,
+)
 from boat_vit.layers import GROUPINGS
 
 TINY_SWIN = dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4),
@@ -109,8 +115,40 @@ def test_random_grouping_training_draws_afresh_from_the_global_generator():
     assert len({tuple(row.tolist()) for row in first}) == 4  # per image and head
 
 
+@pytest.mark.parametrize("num_tokens, group_size", [(196, 49), (221, 49), (30, 49), (256, 16)])
+def test_norm_groups_are_bands_of_the_norm_in_the_balanced_layout(num_tokens, group_size):
+    x = torch.randn(2, 3, num_tokens, 8)
+    clustering = norm_balanced_clustering(x, group_size)
+    plan = plan_groups(num_tokens, group_size)
+    assert (clustering.plan.num_levels, clustering.plan.group_size) == (plan.num_levels, plan.group_size)
+    assert torch.equal(clustering.order.gather(1, clustering.inverse), torch.arange(num_tokens).expand(6, -1))
+    real = (clustering.groups < num_tokens).sum(dim=-1)
+    assert torch.equal(real, plan.real_counts(plan.num_levels).expand(6, -1))
+    norms = x.reshape(6, num_tokens, 8).norm(dim=-1)
+    for sequence in range(6):
+        bands = [norms[sequence, g[g < num_tokens]] for g in clustering.groups[sequence]]
+        assert all(low.max() <= high.min() for low, high in zip(bands, bands[1:]))  # group g: the g-th band
+
+
+def test_norm_groups_keep_ties_in_token_order():
+    x = torch.ones(1, 40, 4)  # all norms equal: the raster order
+    assert torch.equal(norm_balanced_clustering(x, 10).order[0], torch.arange(40))
+
+
+def test_norm_grouping_clusters_the_queries_by_norm():
+    layer = _layer("norm")
+    x = torch.randn(3, 16, 16, 16)
+    with torch.no_grad():
+        out, clustering = layer.forward_with_clusters(x)
+        queries = layer.qkv(x.reshape(3, -1, 16)).view(3, 256, 3, 2, 8)[:, :, 0].transpose(1, 2)
+        assert torch.equal(clustering.order, norm_balanced_clustering(queries, layer.group_size).order)
+        assert torch.equal(out, layer(x, clustering))
+        assert torch.allclose(layer(x[1:2]), out[1:2], atol=1e-6)  # an image's output ignores its batch
+    assert "grouping=norm" in repr(layer)
+
+
 def test_random_and_global_groupings_train():
-    for grouping in ("random", "global"):
+    for grouping in ("random", "global", "norm"):
         layer = _layer(grouping).train()
         x = torch.randn(2, 12, 12, 16, requires_grad=True)
         layer(x).square().mean().backward()
@@ -137,3 +175,4 @@ def test_models_pass_the_grouping_to_every_fsla_layer(name, kwargs, size):
     # same weights (the grouping draws no random numbers at construction), different attention
     assert not torch.equal(outputs["content"], outputs["random"])
     assert not torch.equal(outputs["content"], outputs["global"])
+    assert not torch.equal(outputs["content"], outputs["norm"])

@@ -72,13 +72,54 @@ def test_clutter_keeps_off_the_digits():
         assert np.array_equal(image[top:bottom, left:right][digit > 0], digit[digit > 0])  # the digit is intact
 
 
+def test_default_images_are_those_of_the_first_ablation():
+    """New options leave the images of existing specs as they were (digests taken before the options came)."""
+    import hashlib
+
+    for spec, digest in [("digit-pairs:train_size=50,heldout_size=20", "b5bcc21abee3c7e5"),
+                         ("digit-clutter:train_size=50,heldout_size=20", "5ff3b660f7c0d088")]:
+        images = generate_split(parse_task(spec), "train").images
+        assert hashlib.sha256(images.tobytes()).hexdigest()[:16] == digest
+
+
+def test_opposite_placement_puts_the_digits_at_opposite_edges():
+    config = parse_task("digit-pairs:digit_scale=1,placement=opposite,train_size=200,heldout_size=10")
+    boxes = generate_split(config, "train").digit_boxes
+    low, high = 0, config.canvas - config.digit_side
+    axes = []
+    for (a, b) in boxes:
+        along = [axis for axis in (0, 1) if {a[axis], b[axis]} == {low, high}]
+        assert along, (a, b)
+        axes.append(along[0])
+        assert (a[2:] - a[:2] == config.digit_side).all() and (b[2:] - b[:2] == config.digit_side).all()
+    assert 0.3 < np.mean(axes) < 0.7  # both axes occur
+    assert len({tuple(b[0, :2]) for b in boxes}) > 20  # the other coordinate varies
+
+
+def test_block_placement_keeps_both_digits_in_one_aligned_square():
+    config = parse_task("digit-pairs:digit_scale=1,placement=block,block=16,train_size=200,heldout_size=10")
+    data = generate_split(config, "train")
+    squares = set()
+    for (a, b) in data.digit_boxes:
+        assert (a[:2] // 16 == b[:2] // 16).all() and ((a[2:] - 1) // 16 == a[:2] // 16).all()
+        assert ((b[2:] - 1) // 16 == b[:2] // 16).all()
+        overlap = np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2])
+        assert (overlap <= 0).any()  # side by side or stacked, never overlapping
+        squares.add(tuple(a[:2] // 16))
+    assert squares == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
 def test_spec_round_trip_and_errors():
     config = parse_task("digit-pairs:canvas=48,min_span=40,digit_classes=0147,train_size=10")
     assert config == TaskConfig(canvas=48, min_span=40, digit_classes="0147", train_size=10)
     assert parse_task(config.spec()) == config
     assert parse_task("digit-clutter").digit_classes == "0123456789"
     for bad, message in [("digit-pairs:canvass=3", "bad task option"), ("digit-pairs:canvas=x", "needs a int"),
-                         ("digit-pairs:min_span=8", "min_span"), ("digit-pairs:digit_classes=00", "digit_classes")]:
+                         ("digit-pairs:min_span=8", "min_span"), ("digit-pairs:digit_classes=00", "digit_classes"),
+                         ("digit-pairs:placement=far", "placement must be one of"),
+                         ("digit-pairs:placement=block,block=24", "block must divide canvas=32"),
+                         ("digit-pairs:placement=block,block=16", "at least 32"),
+                         ("digit-pairs:canvas=24,min_span=24,digit_scale=2,placement=opposite", "canvas >= 32")]:
         with pytest.raises(ValueError, match=message):
             parse_task(bad)
 

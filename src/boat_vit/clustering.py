@@ -21,7 +21,9 @@ Token counts (the rule for any ``N >= 1``, see :func:`plan_groups`):
 * ``N = group_size * 2**L`` has no padding and reproduces the released BOAT code exactly.
 
 Controls for ablations: :func:`random_balanced_clustering` keeps this layout (plan, group sizes, padding)
-but assigns tokens to slots at random; :func:`single_group_clustering` puts all tokens in one group.
+but assigns tokens to slots at random; :func:`norm_balanced_clustering` keeps it and fills the groups in
+order of feature norm (one number per token instead of its direction); :func:`single_group_clustering`
+puts all tokens in one group.
 
 No gradient flows through the clustering. Half-precision inputs are clustered in float32, float64 stays
 float64, under autocast too (it is switched off inside the clustering; TorchScript code cannot switch it
@@ -49,6 +51,7 @@ __all__ = [
     "balanced_clustering",
     "format_shape",
     "random_balanced_clustering",
+    "norm_balanced_clustering",
     "single_group_clustering",
     "sibling_overlap_slots",
 ]
@@ -368,6 +371,35 @@ def random_balanced_clustering(
     draw_device = generator.device if generator is not None else device
     with torch.no_grad():
         tokens = torch.rand(num_seq, num_tokens, generator=generator, device=draw_device).argsort(dim=1).to(device)
+    return _clustering_in_order(plan, tokens)
+
+
+def norm_balanced_clustering(x: torch.Tensor, group_size: int = DEFAULT_GROUP_SIZE) -> Clustering:
+    """Groups ranked by feature norm, with the layout of :func:`balanced_clustering`: a one-number control.
+
+    Every sequence's tokens are sorted by their L2 norm (ascending, ties in token order) and cut into the
+    plan's groups in that order, so each group is a band of norms: on an image of strokes on a plain
+    background this separates ink from background and nothing else. The sibling overlap then joins
+    neighbouring bands.
+
+    Args:
+        x: ``(*, N, D)`` features (leading dimensions are sequences, as in :func:`balanced_clustering`).
+        group_size: Target tokens per group.
+    """
+    if x.ndim < 2 or x.shape[-2] == 0:
+        raise ValueError(f"expected (*, tokens, features) with tokens >= 1, got shape {format_shape(x.shape)}")
+    num_tokens = x.shape[-2]
+    with torch.no_grad():
+        norms = x.detach().reshape(-1, num_tokens, x.shape[-1]).float().norm(dim=-1)
+        tokens = norms.argsort(dim=1, stable=True)
+    return _clustering_in_order(plan_groups(num_tokens, group_size), tokens)
+
+
+def _clustering_in_order(plan: GroupPlan, tokens: torch.Tensor) -> Clustering:
+    """The clustering that fills the real slots of ``plan``'s groups with ``tokens`` (``(S, N)``) in order."""
+    num_seq, num_tokens = tokens.shape
+    device = tokens.device
+    with torch.no_grad():
         slot = torch.arange(plan.group_size, device=device)
         is_real = (slot[None, :] < plan.real_counts(plan.num_levels, device)[:, None]).flatten()
         order = torch.empty(num_seq, plan.num_slots, dtype=torch.long, device=device)

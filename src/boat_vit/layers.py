@@ -18,6 +18,7 @@ from .clustering import (
     GroupPlan,
     balanced_clustering,
     format_shape,
+    norm_balanced_clustering,
     random_balanced_clustering,
     sibling_overlap_slots,
     single_group_clustering,
@@ -35,8 +36,9 @@ __all__ = [
 
 DEFAULT_OVERLAP = 20  # sibling tokens borrowed as extra keys/values at group size 49
 VALUE_CONV_KERNEL = 3
-# How FSLA forms its groups: by content (BOAT), at random with the same layout, or one group of all tokens
-GROUPINGS = ("content", "random", "global")
+# How FSLA forms its groups: by content (BOAT), at random with the same layout, one group of all tokens, or by
+# query norm with the same layout ("ink vs background")
+GROUPINGS = ("content", "random", "global", "norm")
 DEFAULT_RANDOM_SEED = 0  # seed of the random groups in eval mode
 _FSLA_NAME = re.compile(r"(?:^|\.)(\d+)\.blocks\.(\d+)\.")  # stage and block in a module name
 
@@ -74,7 +76,9 @@ class FeatureSpaceLocalAttention(nn.Module):
             generator (seeded runs are reproducible), in eval mode one fixed draw per head from
             ``random_seed``, shared by all images, so evaluation is deterministic and batch-independent.
             ``'global'``: one group of all tokens, i.e. global attention with the same projections and
-            value convolution.
+            value convolution. ``'norm'``: the same group layout and overlap, per image and head the
+            queries ranked by their norm and cut into groups in that order (content reduced to one
+            number per token: ink vs background; :func:`~boat_vit.clustering.norm_balanced_clustering`).
         random_seed: Seed of the eval-mode random groups.
     """
 
@@ -169,15 +173,14 @@ class FeatureSpaceLocalAttention(nn.Module):
         # One projection; rows (b, token, part, head) of head_dim features with part 0/1/2 for q/k/v
         qkv = self.qkv(tokens)
         num_seq = batch * heads
-        if clustering is None and self.grouping != "content":
+        if clustering is None and (self.grouping == "random" or self.grouping == "global"):
             clustering = self._content_free_groups(batch, num_tokens, x.device)
         if clustering is None:
-            clustering = balanced_clustering(
-                qkv.view(batch, num_tokens, 3, heads, head_dim)[:, :, 0].transpose(1, 2),
-                self.group_size,
-                self.iterations,
-                self.temperature,
-            )
+            queries = qkv.view(batch, num_tokens, 3, heads, head_dim)[:, :, 0].transpose(1, 2)
+            if self.grouping == "norm":
+                clustering = self._norm_groups(queries)
+            else:
+                clustering = balanced_clustering(queries, self.group_size, self.iterations, self.temperature)
         plan = clustering.plan
 
         lepe: Optional[torch.Tensor] = None
@@ -221,6 +224,11 @@ class FeatureSpaceLocalAttention(nn.Module):
         generator = torch.Generator().manual_seed(self.random_seed)
         per_head = random_balanced_clustering(self.num_heads, num_tokens, self.group_size, generator, device)
         return Clustering(per_head.plan, per_head.order.repeat(batch, 1), per_head.inverse.repeat(batch, 1))
+
+    @torch.jit.unused  # the ablation controls run eagerly only
+    def _norm_groups(self, queries: torch.Tensor) -> Clustering:
+        """The ablation grouping ``'norm'`` (class docstring) of ``(B, heads, N, head_dim)`` queries."""
+        return norm_balanced_clustering(queries, self.group_size)
 
     def _sibling_windows(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: GroupPlan

@@ -9,8 +9,17 @@ handwritten digits pasted at integer positions:
     ``i % 2``, so labels are balanced exactly for an even size. A ``same`` pair draws its class uniformly
     from ``digit_classes``; a ``different`` pair draws two distinct classes uniformly, so each single
     digit's class is uniform under both labels: one digit alone says nothing about the label. The two
-    digits are placed uniformly at random subject to one rule: their boxes together span at least
-    ``min_span`` pixels along x or along y (so they never overlap).
+    digits' placement is one of (``placement``):
+
+    * ``span`` (the default): uniformly at random subject to one rule, their boxes together span at least
+      ``min_span`` pixels along x or along y (so they never overlap);
+    * ``opposite``: at opposite edges of the canvas along a random axis (one box touches the low edge, the
+      other the high edge; which digit goes where is random), each digit's other coordinate uniform. At
+      the ablation's geometry this keeps the two digits out of every receptive field of a windowed model
+      (:mod:`boat_vit.ablation`);
+    * ``block``: both inside one ``block x block`` square of the canvas's aligned grid (a square drawn
+      uniformly), side by side or one above the other (random), not overlapping, positions in the square
+      uniform. With ``block`` equal to a window in pixels, both digits share that window.
 
     Why distance matters: a linear head over average-pooled tokens cannot compute "same" from tokens
     that never saw both digits (it would need ``g(a) + g(b) > t`` for every ``a = b`` and ``< t`` for
@@ -78,6 +87,7 @@ TASK_NAMES = (PAIRS_TASK, CLUTTER_TASK)
 SPLITS = ("train", "val")
 NUM_DIGIT_CLASSES = 10
 PAIR_CLASSES = ("different", "same")
+PLACEMENTS = ("span", "opposite", "block")  # how the two digits of a pair are placed (module docstring)
 DEFAULT_DIGIT_CLASSES = {PAIRS_TASK: "01", CLUTTER_TASK: "0123456789"}  # module docstring: why "01"
 DIGIT_SIDE = 8  # scikit-learn's digits are 8x8
 DIGIT_MAX_LEVEL = 16  # ... of 17 grey levels (0..16)
@@ -98,8 +108,11 @@ class TaskConfig:
         digit_scale: Each source pixel becomes a ``digit_scale`` square (digits are ``8 * digit_scale`` wide).
         num_clutter: Clutter fragments per image.
         clutter_size: Side of a clutter fragment in source pixels (scaled like the digits).
-        min_span: ``digit-pairs``: the two digits' boxes together span at least this many pixels along x
-            or y.
+        min_span: ``digit-pairs`` with ``placement=span``: the two digits' boxes together span at least
+            this many pixels along x or y.
+        placement: ``digit-pairs``: ``span``, ``opposite`` or ``block`` (module docstring).
+        block: ``digit-pairs`` with ``placement=block``: side in pixels of the aligned squares that hold
+            both digits; divides ``canvas`` and holds two digits side by side.
         train_size: Images in the training split.
         heldout_size: Images in the held-out split.
         heldout_fraction: Share of each class's source digits reserved for the held-out split.
@@ -114,6 +127,8 @@ class TaskConfig:
     num_clutter: int = 3
     clutter_size: int = 3
     min_span: int = 32
+    placement: str = "span"
+    block: int = 16
     train_size: int = 3200
     heldout_size: int = 1000
     heldout_fraction: float = 0.5
@@ -130,8 +145,15 @@ class TaskConfig:
             raise ValueError(f"canvas {self.canvas} is smaller than a digit ({side} pixels)")
         if not 0 < self.clutter_size <= DIGIT_SIDE or self.num_clutter < 0:
             raise ValueError(f"need 0 < clutter_size <= {DIGIT_SIDE} and num_clutter >= 0")
-        if self.name == PAIRS_TASK and not 2 * side <= self.min_span <= self.canvas:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if self.name == PAIRS_TASK and self.placement == "span" and not 2 * side <= self.min_span <= self.canvas:
             raise ValueError(f"min_span must be in [{2 * side}, canvas={self.canvas}] for two {side}-pixel digits")
+        if self.placement == "opposite" and self.canvas < 2 * side:
+            raise ValueError(f"placement=opposite needs canvas >= {2 * side} for two {side}-pixel digits")
+        if self.placement == "block" and not (2 * side <= self.block <= self.canvas and self.canvas % self.block == 0):
+            raise ValueError(f"block must divide canvas={self.canvas} and be at least {2 * side} (two {side}-pixel "
+                             f"digits side by side), got {self.block}")
         if len(set(self.digit_classes)) != len(self.digit_classes) or len(self.digit_classes) < 2 or not all(
                 c in "0123456789" for c in self.digit_classes):
             raise ValueError(f"digit_classes must be at least two distinct digits, got {self.digit_classes!r}")
@@ -263,14 +285,38 @@ def _draw_digits(classes: list[int], pools: list[np.ndarray], rng: np.random.Gen
 
 
 def _place_digits(config: TaskConfig, num_digits: int, rng: np.random.Generator) -> np.ndarray:
-    """``(num_digits, 4)`` boxes; two digits span at least ``min_span`` pixels along x or y."""
+    """``(num_digits, 4)`` boxes ``(top, left, bottom, right)`` as ``config.placement`` says."""
     side, limit = config.digit_side, config.canvas - config.digit_side + 1
+    if num_digits == 2 and config.placement != "span":
+        corners = _opposite_corners(config, rng) if config.placement == "opposite" else _block_corners(config, rng)
+        return np.concatenate([corners, corners + side], axis=1)
     for _ in range(MAX_PLACEMENT_TRIES):
         corners = rng.integers(limit, size=(num_digits, 2))
         span = corners.max(axis=0) - corners.min(axis=0) + side
         if num_digits == 1 or span.max() >= config.min_span:
             return np.concatenate([corners, corners + side], axis=1)
     raise ValueError(f"cannot place two digits {config.min_span} pixels apart on a {config.canvas} canvas")
+
+
+def _opposite_corners(config: TaskConfig, rng: np.random.Generator) -> np.ndarray:
+    """Top-left corners of two digits at opposite edges along a random axis (the other axis uniform)."""
+    side = config.digit_side
+    axis, low_first = rng.integers(2, size=2)
+    corners = rng.integers(config.canvas - side + 1, size=(2, 2))
+    corners[:, axis] = (0, config.canvas - side) if low_first else (config.canvas - side, 0)
+    return corners
+
+
+def _block_corners(config: TaskConfig, rng: np.random.Generator) -> np.ndarray:
+    """Top-left corners of two digits side by side inside one aligned ``block`` square."""
+    side, block = config.digit_side, config.block
+    origin = rng.integers(config.canvas // block, size=2) * block
+    axis, low_first = rng.integers(2, size=2)
+    first = rng.integers(block - 2 * side + 1)  # along the axis: the first digit, then the second after it
+    second = rng.integers(first + side, block - side + 1)
+    corners = rng.integers(block - side + 1, size=(2, 2))  # the other axis: independent
+    corners[:, axis] = (first, second) if low_first else (second, first)
+    return origin + corners
 
 
 def _add_clutter(config: TaskConfig, canvas: np.ndarray, digits: np.ndarray, pool: np.ndarray,

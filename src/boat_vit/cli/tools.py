@@ -410,33 +410,67 @@ def _add_show_clusters(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_show_clusters, flags=MODEL_SOURCE_FLAGS)
 
 
+ABLATE_DESCRIPTION = """\
+Does FSLA help? Trains every contender of an ablation design on generated digit tasks, once per seed, paired
+by seed (same data order and initial weights), then writes the report.
+
+The default design (long-range) asks whether FSLA gives a windowed Swin the range its windows lack: two digits
+at opposite edges of the canvas (far) that no final token of the FSLA-off Swin sees together, and both in one
+window (near, the positive control). A pilot first sets the training budget; the decisions follow the analysis
+plan in the README. --design first repeats the project's first ablation.
+
+Output folder: one run per task, contender and seed (TASK/CONTENDER/seedN/), the pilot's runs (pilot/), the
+initial weights (init/), example held-out images (examples/), pilot.json, results.csv, results.md,
+curves.png and cost.png. Run the same command again to resume: finished runs are kept, interrupted ones
+continue exactly; a folder run with other settings is refused.
+"""
+
+
+def _ablation_config(args: argparse.Namespace) -> "ablation.AblationConfig":
+    """The ablation the options of ``boat-vit ablate`` ask for."""
+    if args.quick:
+        config = ablation.quick_config(args.output or "runs/ablation-quick")
+    else:
+        config = ablation.design_config(args.design, args.output)
+    config = ablation.narrow(config, args.tasks, args.contenders, args.epochs, args.seeds)
+    for key in ("jobs", "threads", "device"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    return config
+
+
 def _run_ablate(args: argparse.Namespace) -> int:
-    config = ablation.ablation_config(args.quick, args.output, args.seeds, args.tasks, args.contenders, args.epochs,
-                                      args.threads, args.device)
-    ablation.run_ablation(config, report_only=args.report_only)
+    config = _ablation_config(args)
+    _, config, _ = ablation.run_ablation(config, report_only=args.report_only)
     print(f"results in {config.output}/ (results.md, results.csv, curves.png, cost.png)")
     return 0
 
 
 def _add_ablate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("ablate", help="does FSLA help? the ablation on generated digit tasks",
-                                   description=ablation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=ABLATE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
+    designs = list(ablation.DESIGNS)
+    add("--design", choices=designs, default=ablation.DEFAULT_DESIGN,
+        help=f"which experiment: {designs[0]} (default: far and near digit pairs for a Swin without a global "
+             "stage, after a pilot that sets the budget) or first (the first ablation, kept reproducible)")
     add("--output", help="ablation folder: one run per task, contender and seed, results.csv, results.md, "
-                         "curves.png, cost.png (default runs/ablation, with --quick runs/ablation-quick); run the "
-                         "same command again to resume")
-    add("--quick", action="store_true", help="a few-minute version on tiny splits and models, one epoch (checks "
-                                             "the machinery; its accuracies mean nothing)")
-    add("--seeds", type=positive_int, help="seeds 0..N-1 per task and contender (default 3)")
-    add("--tasks", nargs="+", metavar="TASK", help="only these tasks: pairs, control (default both)")
+                         "curves.png, cost.png (default runs/ablation-long-range; first: runs/ablation; --quick: "
+                         "runs/ablation-quick); run the same command again to resume")
+    add("--quick", action="store_true", help="about a minute: the long-range design on tiny splits and models, one "
+                                             "epoch (checks the machinery; its accuracies mean nothing)")
+    add("--jobs", type=positive_int, help="runs trained at once, each in its own process with --threads threads "
+                                          "(default 1; results are the same for any value)")
+    add("--seeds", type=positive_int, help="seeds 0..N-1 for every task (default: the design's)")
+    add("--tasks", nargs="+", metavar="TASK", help="only these tasks of the design (long-range: far, near, cswin; "
+                                                   "first: pairs, control)")
     add("--contenders", nargs="+", metavar="NAME",
-        help=f"run these contenders on every selected task instead of the task's own list (pairs: "
-             f"{', '.join(ablation.MAIN_CONTENDERS)}; control: {', '.join(ablation.CONTROL_CONTENDERS)}); also the "
-             f"investigations {', '.join(c for c in ablation.CONTENDERS if c not in ablation.MAIN_CONTENDERS)}. "
-             "Their FSLA-off baselines come too; finished runs in --output are reused")
-    add("--epochs", type=positive_int, help="training epochs of every task and contender (default: pairs 8, "
-                                            "control 5; use a new --output: finished runs of another budget are "
-                                            "refused)")
+        help=f"run these contenders on every selected task instead of the task's own list (any of "
+             f"{', '.join(ablation.CONTENDERS)}); their FSLA-off baselines come too; finished runs in --output "
+             "are reused")
+    add("--epochs", type=positive_int, help="training epochs of every task and contender, instead of the design's "
+                                            "(and of the pilot's choice); use a new --output: finished runs of "
+                                            "another budget are refused")
     add("--threads", type=positive_int, help="torch CPU threads per run (default 1: runs are small)")
     add_device_argument(parser)
     add("--report-only", action="store_true", help="rebuild the report from the finished runs, train nothing")

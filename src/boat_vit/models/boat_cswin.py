@@ -419,7 +419,8 @@ class BoatCSWin(nn.Module):
         fsla_qk_scale: FSLA logit scale; the released models use 1.0, ``None`` means ``head_dim ** -0.5``.
         fsla_grouping: How FSLA groups tokens: ``'content'`` (BOAT, the default), or the ablation controls
             ``'random'`` (same group layout, tokens assigned at random) and ``'global'`` (one group of all
-            tokens: global attention in place of each FSLA layer); see
+            tokens: global attention in place of each FSLA layer), ``'norm'`` (same layout, tokens ranked by
+            query norm); see
             :class:`~boat_vit.layers.FeatureSpaceLocalAttention`.
         drop_rate: Dropout before the classifier.
         proj_drop_rate: Dropout after attention projections and in the MLP.

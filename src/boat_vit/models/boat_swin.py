@@ -76,8 +76,8 @@ class BoatSwinTransformerBlock(SwinTransformerBlock):
         fsla: Add the FSLA branch if the block shifts its windows (the released placement).
         fsla_group_size: Target tokens per FSLA cluster.
         fsla_overlap: Sibling tokens each FSLA cluster borrows as extra keys/values.
-        fsla_grouping: How FSLA groups tokens: ``'content'`` (BOAT), or the ablation controls ``'random'``
-            and ``'global'`` (:class:`~boat_vit.layers.FeatureSpaceLocalAttention`).
+        fsla_grouping: How FSLA groups tokens: ``'content'`` (BOAT), or the ablation controls ``'random'``,
+            ``'global'`` and ``'norm'`` (:class:`~boat_vit.layers.FeatureSpaceLocalAttention`).
         **kwargs: :class:`timm.models.swin_transformer.SwinTransformerBlock` arguments.
     """
 
@@ -252,7 +252,8 @@ class BoatSwinTransformer(SwinTransformer):
         fsla_overlap: Sibling tokens each FSLA cluster borrows as extra keys/values (released: 20).
         fsla_grouping: How FSLA groups tokens: ``'content'`` (BOAT, the default), or the ablation controls
             ``'random'`` (same group layout, tokens assigned at random) and ``'global'`` (one group of all
-            tokens: global attention in place of each FSLA layer); see
+            tokens: global attention in place of each FSLA layer), ``'norm'`` (same layout, tokens ranked by
+            query norm); see
             :class:`~boat_vit.layers.FeatureSpaceLocalAttention`.
         device: Parameter device (``'meta'`` builds without memory).
         dtype: Parameter dtype.
