@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from boat_vit.classification.train import resolve_config
+from boat_vit.classification.recipes import resolve_config
 from boat_vit.engine.threads import default_threads, usable_cores
 
 PRINT_POLICY = "import os; {}; print(os.environ.get('OMP_WAIT_POLICY'))"
