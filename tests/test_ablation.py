@@ -142,6 +142,8 @@ def test_a_pilot_that_never_passes_climbs_the_ladder_and_stops_the_main_run(tmp_
     with pytest.raises(PilotFailed, match=r"fewer than 1 of 1 seeds at every budget tried \(epochs: 1, 2\)"):
         run_ablation(config)
     assert not (tmp_path / "far").exists()  # no main run
+    report = (tmp_path / "results.md").read_text()  # the pilot and the decision not to run are reported
+    assert "## Pilot" in report and "No budget passed" in report and "inconclusive" in report
 
 
 def test_applying_the_pilot_sets_epochs_seeds_and_the_secondary_task():
@@ -491,3 +493,12 @@ def test_first_design_plans_every_run_as_the_first_experiment_did():
     text = json.dumps(records, indent=1, sort_keys=True)
     assert len(records) == 33
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == "9307fc3649e822ec"
+
+
+def test_a_plan_record_from_before_a_new_training_option_still_matches():
+    record = {"epochs": 12, "pretrained": False, "pretrained_file": "/a/init/far-swin-seed0.pth", "task": "far"}
+    stored = {"epochs": 12, "pretrained_file": "runs/x/init/far-swin-seed0.pth", "task": "far"}
+    assert planning.same_plan(stored, record)  # the new option at its default changes nothing
+    assert not planning.same_plan(stored, dict(record, pretrained=True))
+    assert not planning.same_plan(stored, dict(record, epochs=24))
+    assert not planning.same_plan(dict(stored, epochs=24), record)

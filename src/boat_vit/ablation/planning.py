@@ -125,14 +125,23 @@ def plan_record(training: TrainConfig, run: Run) -> dict:
     return json.loads(json.dumps(dict(record, task=run.task.key, contender=run.contender)))
 
 
+def _option_defaults() -> dict:
+    """The training options' defaults, as a plan record stores them."""
+    return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)
+                                  if f.default is not dataclasses.MISSING}))
+
+
 def same_plan(stored: dict, record: dict) -> bool:
     """Whether a stored plan record and a new one describe the same run, wherever the ablation folder lies
-    (initial weights are compared by file name: they always sit in the folder's ``init/``)."""
+    (initial weights are compared by file name: they always sit in the folder's ``init/``). An option added to
+    the training options after the run was planned matches when it keeps its default (it changes nothing)."""
     def located(plan: dict) -> dict:
         weights = plan.get("pretrained_file")
         return dict(plan, pretrained_file=Path(weights).name if weights else weights)
 
-    return located(stored) == located(record)
+    defaults = _option_defaults()
+    added = {key for key in set(record) - set(stored) if key in defaults and record[key] == defaults[key]}
+    return located(stored) == located({k: v for k, v in record.items() if k not in added})
 
 
 def write_init(run: Run) -> None:

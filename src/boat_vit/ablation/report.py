@@ -160,6 +160,10 @@ def _pilot_text(pilot: PilotResult, config: AblationConfig) -> str:
     columns = [("epochs", "epochs", "{}"), ("contender", "contender", "{}"), ("top1", "final top-1 per seed", "{}"),
                ("learned", f"≥ {rule.threshold:g}%", "{}"), ("passed", "rule", "{}")]
     lines.append(markdown_table(table, columns))
+    if pilot.epochs is None and len(pilot.rungs) == len(rule.ladder):
+        lines += ["", f"No budget passed: `{rule.contender}` did not learn `{rule.task}` at any budget of the ladder. "
+                      "By the rule fixed before the results, the main run does not start: this design cannot say "
+                      "whether FSLA supplies the long range that windows lack (inconclusive)."]
     if pilot.epochs is not None:
         lines += ["", f"Budget: {pilot.epochs} epochs for every task and contender."]
         if rule.secondary:

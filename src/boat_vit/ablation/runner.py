@@ -177,7 +177,11 @@ def run_ablation(config: AblationConfig, report_only: bool = False) -> tuple[lis
     if config.pilot is not None:
         output.mkdir(parents=True, exist_ok=True)
         pilot = run_pilot(config, report_only)
-        config = apply_pilot(config, pilot)
+        try:
+            config = apply_pilot(config, pilot)
+        except PilotFailed:
+            write_report([], config, {}, pilot)  # the pilot's rungs and the decision not to run
+            raise
     runs, costs = plan_runs(config)
     if report_only and not any((run.folder / SUMMARY_FILE).exists() for run in runs):
         raise ValueError(f"no finished runs of this ablation in {output} to report; run it first (without --report-only)")
