@@ -16,10 +16,10 @@ from ..engine import (
     RunOptions,
     check_bounds,
     given_options,
+    preset_options,
     resumed_config,
 )
 from ..errors import Argument, ConfigError
-from ..models import check_architecture_arguments
 
 __all__ = ["PRESETS", "TrainConfig", "resolve_config"]
 
@@ -143,15 +143,10 @@ def resolve_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoint] =
     """
     values = given_options(TrainConfig, overrides, "training options")
     if values.get("resume") is not None:
-        config = resumed_config(TrainConfig, values, "classification", resumed)
-        config.model_kwargs = check_architecture_arguments(config.model_kwargs, values["resume"])
-        return config
+        return resumed_config(TrainConfig, values, "classification", resumed, model_kwargs="model_kwargs")
     preset = values.get("preset")
-    merged: dict[str, Any] = {}
+    merged = preset_options(PRESETS, preset)
     if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        merged.update(PRESETS[preset])
         model = values.get("model", merged.get("model", TrainConfig.model))
         if preset == "boat_cswin" and "base" in model:
             merged.update(CSWIN_BASE)

@@ -14,10 +14,10 @@ from ..engine import (
     RunOptions,
     check_bounds,
     given_options,
+    preset_options,
     resumed_config,
 )
 from ..errors import Argument, ConfigError
-from ..models import check_architecture_arguments
 from .inference import as_pair
 
 __all__ = ["PRESETS", "SegTrainConfig", "resolve_seg_config"]
@@ -115,13 +115,9 @@ def resolve_seg_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoin
         for key in ("crop_size", "eval_stride"):
             if key in values:
                 values[key] = as_pair(values[key])
-        config = resumed_config(SegTrainConfig, values, "segmentation", resumed)
-        config.backbone_kwargs = check_architecture_arguments(config.backbone_kwargs, values["resume"])
+        config = resumed_config(SegTrainConfig, values, "segmentation", resumed, model_kwargs="backbone_kwargs")
     else:
-        preset = values.get("preset")
-        if preset is not None and preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        config = SegTrainConfig(**{**PRESETS.get(preset, {}), **values})
+        config = SegTrainConfig(**{**preset_options(PRESETS, values.get("preset")), **values})
         config.crop_size, config.eval_stride = as_pair(config.crop_size), as_pair(config.eval_stride)
     config.check()
     return config
