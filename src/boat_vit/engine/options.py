@@ -148,6 +148,9 @@ def resumed_config(config_class: type, values: Mapping[str, Any], task: str,
     """The configuration (``config_class``, a dataclass with ``check()``) of the ``task`` run resumed from
     ``values["resume"]``: the options it started with, with the run options of ``values`` (:func:`merge_resumed`).
 
+    An explicit option that would change what the run computes is an error; run options
+    (:data:`RUN_OPTIONS`: where and how it runs) apply.
+
     Args:
         config_class: The task's configuration.
         values: The options given.

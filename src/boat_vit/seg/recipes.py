@@ -101,11 +101,9 @@ BOUNDS = dict(
     checkpoint_interval=AT_LEAST_ONE, eval_stride=AT_LEAST_ONE,
 )
 def resolve_seg_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoint] = None) -> SegTrainConfig:
-    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored).
-
-    With ``resume``, the options are those the run started with (read from its checkpoint, or from
-    ``resumed`` where the caller has read it); an explicit option that would change what the run computes is
-    an error, run options (:data:`~boat_vit.engine.RUN_OPTIONS`) apply.
+    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored); with
+    ``resume``, the options the run started with (:func:`~boat_vit.engine.resumed_config`; ``resumed``: its
+    checkpoint where the caller has read it).
 
     Raises:
         ConfigError: unknown options or presets, values out of range, or options a resumed run cannot take.
