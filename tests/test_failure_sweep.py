@@ -238,7 +238,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
          "panel width must be at least"),
         (["show-clusters", f"{out}/none.png", "--model", MODEL, *SHOW, "--output", f"{out}/c5.png"], "none.png"),
         (["show-clusters", "--model", MODEL, "--head", "a,b", "--output", f"{out}/c6.png"], "argument --head"),
-        (["show-clusters", "--output", f"{out}/c7.png"], "give --model (and optionally --pretrained-file), or --checkpoint"),
+        (["show-clusters", "--output", f"{out}/c7.png"], "give --model (and optionally --pretrained-file or --pretrained), or --checkpoint"),
         (["export", MODEL, "--format", "bogus", "--output", f"{out}/e1.onnx"], "argument --format: invalid choice"),
         (["export", MODEL, "--format", "onnx", "--output", f"{out}/e2.onnx", "--img-size", "0"],
          "argument --img-size: must be at least 1"),
