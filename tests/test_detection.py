@@ -723,7 +723,7 @@ def test_a_detection_checkpoint_gives_its_backbone_to_other_tasks(trained, tmp_p
     segmenter = BoatUPerNet(SWIN, 3, TINY_SWIN, decoder_channels=16)
     assert not load_segmentation_backbone(segmenter, trained / "best.pth").initial
     assert cli_main(["eval", "--model", SWIN, "--pretrained-file", str(trained / "best.pth")]) == 2
-    assert "best.pth is a detection run checkpoint: only its backbone" in capsys.readouterr().err
+    assert "best.pth is a detection training checkpoint: only its backbone" in capsys.readouterr().err
 
 
 def test_bad_annotations_in_det_train_are_reported_or_stop_in_one_line(data_cache, tmp_path, capsys):

@@ -12,9 +12,10 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "boat_vit"
 PACKAGE = "boat_vit"
 MODEL_LIBRARY = ("boat_vit.errors", "boat_vit.files", "boat_vit.weights", "boat_vit.clustering", "boat_vit.layers",
-                 "boat_vit.models", "boat_vit.checkpoint")
+                 "boat_vit.models", "boat_vit.checkpoint", "boat_vit.images")
 TASKS = ("boat_vit.classification", "boat_vit.seg", "boat_vit.det")
-ABOVE_THE_LIBRARY = ("boat_vit.engine", *TASKS, "boat_vit.bench", "boat_vit.visualize", "boat_vit.cli")
+TOOLS = ("boat_vit.ablation", "boat_vit.bench", "boat_vit.export", "boat_vit.hub", "boat_vit.visualize")
+ABOVE_THE_LIBRARY = ("boat_vit.engine", *TASKS, *TOOLS, "boat_vit.cli")
 
 
 def _module_name(path: Path) -> str:
@@ -115,8 +116,21 @@ def test_the_model_library_stands_below_the_tasks_and_tools(graph):
 
 def test_the_engine_knows_no_task(graph):
     upward = sorted((m, t) for m, targets in graph.items() if _within(m, ["boat_vit.engine"])
-                    for t in targets if _within(t, [*TASKS, "boat_vit.bench", "boat_vit.visualize", "boat_vit.cli"]))
+                    for t in targets if _within(t, [*TASKS, *TOOLS, "boat_vit.cli"]))
     assert not upward, f"the engine imports a task or tool: {upward}"
+
+
+def test_the_tasks_stand_below_the_tools(graph):
+    upward = sorted((m, t) for m, targets in graph.items() if _within(m, TASKS)
+                    for t in targets if _within(t, TOOLS))
+    assert not upward, f"task modules importing a tool: {upward}"
+
+
+def test_every_module_has_its_layer():
+    """A new top-level module or package is placed in the rules above (library, engine, task or tool)."""
+    placed = (*MODEL_LIBRARY, *ABOVE_THE_LIBRARY, "boat_vit._startup", "boat_vit.__main__")
+    unplaced = sorted(m for m in _modules() if m != PACKAGE and not _within(m, placed))
+    assert not unplaced, f"modules outside the layers of tests/test_structure.py: {unplaced}"
 
 
 def test_the_reader_sees_relative_and_absolute_imports():
@@ -140,9 +154,15 @@ def test_no_module_imports_another_modules_private_names():
     assert not private, f"private names imported across modules: {private}"
 
 
+def test_no_module_imports_another_packages_private_modules(graph):
+    """``pkg._module`` is imported from within ``pkg`` only."""
+    private = sorted((m, t) for m, targets in graph.items() for t in targets
+                     if any(part.startswith("_") for part in t.split(".")[1:])
+                     and not _within(m, [t.rsplit(".", 1)[0]]))
+    assert not private, f"private modules imported from outside their package: {private}"
+
+
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
-# These still map their own command-line options; their messages move behind the command line with them.
-FLAG_WORDING_LEFT = ("ablation.py", "export.py")
 MESSAGE_CALLS = ("warn", "warning", "error", "print")
 
 
@@ -150,8 +170,6 @@ def test_library_messages_name_arguments_not_command_line_flags():
     """The library speaks Python (``Argument("reset_head", True)``); only ``boat_vit.cli`` names flags."""
     offenders = []
     for path, tree in _library_sources():
-        if path.name in FLAG_WORDING_LEFT and path.parent == PACKAGE_ROOT:
-            continue
         for node in ast.walk(tree):
             messages = [node.exc] if isinstance(node, ast.Raise) and node.exc is not None else []
             if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in MESSAGE_CALLS:
@@ -174,9 +192,34 @@ def test_weights_enter_a_model_only_through_the_weights_module():
     assert not calls, f"weights loaded outside boat_vit.weights: {calls}"
 
 
+# Throughput measurements: they time one optimizer step of a model on a random batch, and train nothing.
+TIMED_STEPS = ("bench/models.py", "ablation/cost.py")
+
+
 def test_the_training_loop_lives_in_the_engine_only():
     """Tasks define data, model, loss and metrics; backward passes and optimizer steps are the skeleton's."""
     loops = [f"{path.relative_to(PACKAGE_ROOT)}:{node.lineno}" for path, tree in _library_sources()
-             if _within(_module_name(path), TASKS) for node in ast.walk(tree)
+             if not _within(_module_name(path), ["boat_vit.engine"])
+             and path.relative_to(PACKAGE_ROOT).as_posix() not in TIMED_STEPS for node in ast.walk(tree)
              if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("backward", "step_update")]
     assert not loops, f"training steps outside the engine's skeleton: {loops}"
+
+
+def _reads_a_file(node: ast.AST) -> bool:
+    """Whether ``node`` calls ``torch.load``, ``pickle.load(s)`` or safetensors' ``load_file`` / ``safe_open``."""
+    if not isinstance(node, ast.Call):
+        return False
+    name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+    if name in ("load_file", "safe_open"):
+        return True
+    receiver = getattr(node.func, "value", None)
+    return isinstance(receiver, ast.Name) and (receiver.id, name) in (("torch", "load"), ("pickle", "load"),
+                                                                       ("pickle", "loads"))
+
+
+def test_files_are_read_only_through_the_files_module():
+    """Checkpoints and weights files are read by ``boat_vit/files.py`` (safe unpickling) only."""
+    readers = [f"{path.relative_to(PACKAGE_ROOT)}:{node.lineno}" for path, tree in _library_sources()
+               if path.relative_to(PACKAGE_ROOT).as_posix() != "files.py" for node in ast.walk(tree)
+               if _reads_a_file(node)]
+    assert not readers, f"files read outside boat_vit.files: {readers}"

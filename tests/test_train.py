@@ -42,9 +42,10 @@ def test_presets_and_overrides():
 
 
 def test_weights_options_need_a_weights_file():
-    with pytest.raises(ConfigError, match="reset_head applies to pretrained_file, which is not given"):
+    not_given = "applies to pretrained_file and pretrained=True, which are not given"
+    with pytest.raises(ConfigError, match=f"reset_head {not_given}"):
         resolve_config(dict(reset_head=True))
-    with pytest.raises(ConfigError, match="partial_weights applies to pretrained_file, which is not given"):
+    with pytest.raises(ConfigError, match=f"partial_weights {not_given}"):
         resolve_config(dict(partial_weights=True))
     assert resolve_config(dict(reset_head=True, pretrained_file="weights.pth")).reset_head
 

@@ -112,7 +112,7 @@ def test_the_segmentation_backbone_takes_every_layout(backbone, kwargs, tmp_path
         assert not report.initial, layout
         own = segmenter.backbone.state_dict()
         for key, tensor in own.items():
-            assert torch.equal(tensor, weights[segmenter.backbone_key(key)]), (layout, key)
+            assert torch.equal(tensor, weights[segmenter.backbone_names.classifier_key(key)]), (layout, key)
         loaded.append(sorted(report.loaded))
     assert all(names == loaded[0] for names in loaded)
 

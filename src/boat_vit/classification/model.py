@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from ..engine import RunCheckpoint
 from ..errors import Argument, CheckpointError, ConfigError
-from ..models import check_architecture_arguments, check_model_name, create_model, weights_filter
+from ..models import check_architecture_arguments, check_model_name, create_model, download_pretrained, weights_filter
 from ..weights import WeightsReport, classifier_keys, load_weights
 
 __all__ = ["classifier_from_run", "create_classifier", "load_classifier", "run_entries"]

@@ -16,10 +16,10 @@ from ..engine import (
     RunOptions,
     check_bounds,
     given_options,
+    preset_options,
     resumed_config,
 )
 from ..errors import Argument, ConfigError
-from ..models import check_architecture_arguments
 
 __all__ = ["PRESETS", "TrainConfig", "resolve_config"]
 
@@ -132,26 +132,19 @@ BOUNDS = dict(
     drop_path=Bounds(0, 1, high_open=True), ema_decay=Bounds(0, 1, low_open=True, high_open=True),
 )
 def resolve_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoint] = None) -> TrainConfig:
-    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored).
-
-    With ``resume``, the options are those the run started with (read from its checkpoint, or from
-    ``resumed`` where the caller has read it); an explicit option that would change what the run computes is
-    an error, run options (:data:`~boat_vit.engine.RUN_OPTIONS`) apply.
+    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored); with
+    ``resume``, the options the run started with (:func:`~boat_vit.engine.resumed_config`; ``resumed``: its
+    checkpoint where the caller has read it).
 
     Raises:
         ConfigError: unknown options or presets, values out of range, or options a resumed run cannot take.
     """
     values = given_options(TrainConfig, overrides, "training options")
     if values.get("resume") is not None:
-        config = resumed_config(TrainConfig, values, "classification", resumed)
-        config.model_kwargs = check_architecture_arguments(config.model_kwargs, values["resume"])
-        return config
+        return resumed_config(TrainConfig, values, "classification", resumed, model_kwargs="model_kwargs")
     preset = values.get("preset")
-    merged: dict[str, Any] = {}
+    merged = preset_options(PRESETS, preset)
     if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        merged.update(PRESETS[preset])
         model = values.get("model", merged.get("model", TrainConfig.model))
         if preset == "boat_cswin" and "base" in model:
             merged.update(CSWIN_BASE)

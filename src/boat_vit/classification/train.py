@@ -139,11 +139,6 @@ class ClassificationTask(TrainingTask):
         return load_weights(model, path, weights_filter(model), reset_head=reset_head,
                             allow_partial=config.partial_weights)
 
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        from timm.optim import create_optimizer_v2
-
-        return create_optimizer_v2(model, "adamw", lr=self.config.lr, weight_decay=self.config.weight_decay)
-
     def build_scheduler(self, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> tuple[Any, Schedule]:
         from timm.scheduler import create_scheduler_v2
 

@@ -13,18 +13,18 @@ from ..classification import (
     train_classifier,
 )
 from ..classification.evaluate import TOP_K, eval_loader
-from ..engine import RunCheckpoint, amp_dtype_for, default_device, parse_device, set_threads, setup_distributed
+from ..engine import amp_dtype_for
 from .options import (
     USAGE_ERROR,
     DeprecatedSpelling,
-    add_amp_arguments,
-    add_device_argument,
+    add_model_runtime_arguments,
     add_run_arguments,
-    add_threads_argument,
+    distributed_command,
     json_object,
+    local_device,
     non_negative_int,
-    options_of,
     positive_int,
+    train_command,
 )
 
 __all__ = ["add_parsers"]
@@ -100,9 +100,7 @@ for bit.
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    options = options_of(args)
-    resumed = RunCheckpoint.read(options["resume"], task="classification") if options.get("resume") else None
-    summary = train_classifier(resolve_config(options, resumed), resumed)  # the run checkpoint is read once
+    summary = train_command(args, "classification", resolve_config, train_classifier)
     if summary.get("output"):
         print(f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch'] + 1}), final top-1 "
               f"{summary['final_top1']:.2f}%; results in {summary['output']}/ "
@@ -111,9 +109,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    world = setup_distributed(args.device or default_device())
-    try:
-        set_threads(args.threads, args.workers, world.local_world_size)
+    with distributed_command(args) as world:
         model, class_names, data_config = load_classifier(args.checkpoint, args.model, args.pretrained_file, args.ema,
                                                           args.pretrained)
         loader = eval_loader(args.data, data_config, world, args.batch_size, args.workers,
@@ -127,15 +123,12 @@ def _run_eval(args: argparse.Namespace) -> int:
                 print(f"{args.prog}: warning: the loss is {metrics['loss']}: the model gives non-finite outputs (NaN "
                       f"or infinite weights in {args.checkpoint or args.pretrained_file}?); the accuracies above "
                       "mean nothing", file=sys.stderr)
-    finally:
-        world.shutdown()
     return 0
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     """Prints the top classes of every readable image; an unreadable one gets a line on stderr (status 2)."""
-    device = parse_device(args.device or default_device())
-    set_threads(args.threads)
+    device = local_device(args)
     model, class_names, data_config = load_classifier(args.checkpoint, args.model, args.pretrained_file, args.ema,
                                                       args.pretrained)
     amp_dtype = amp_dtype_for(device, bool(args.amp), args.amp_dtype)
@@ -164,9 +157,7 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained-file", help="with --model: weights file (e.g. released BOAT weights)")
     parser.add_argument("--pretrained", action="store_true", help=f"with --model: {PRETRAINED_HELP}")
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    add_device_argument(parser)
-    add_amp_arguments(parser)
-    add_threads_argument(parser)
+    add_model_runtime_arguments(parser)
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:

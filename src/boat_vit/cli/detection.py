@@ -9,18 +9,18 @@ from ..det import evaluate_detection, format_scores, load_detector, predict_imag
 from ..det.data import CocoDetection, resolve_coco_split
 from ..det.recipes import PRESETS, DetTrainConfig, resolve_det_config
 from ..det.train import data_root, train_detector
-from ..engine import RunCheckpoint, amp_dtype_for, default_device, parse_device, set_threads, setup_distributed
+from ..engine import amp_dtype_for
 from ..errors import Argument, OutputExistsError
 from ..files import write_text
 from .options import (
-    add_amp_arguments,
-    add_device_argument,
+    add_backbone_arguments,
+    add_model_runtime_arguments,
     add_run_arguments,
-    add_threads_argument,
-    json_object,
+    distributed_command,
+    local_device,
     non_negative_int,
-    options_of,
     positive_int,
+    train_command,
 )
 
 __all__ = ["add_parsers"]
@@ -46,13 +46,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--preset", choices=sorted(PRESETS), help="coco_maskrcnn_1x (the defaults), coco_maskrcnn_3x or digit_det; "
                                                   "options override it")
-    add("--backbone", help=f"timm backbone with strides 4/8/16/32 (default {defaults.backbone})")
-    add("--backbone-kwargs", type=json_object, help='JSON keyword arguments for the backbone, e.g. '
-                                                   '\'{"fsla_stages": false}\'')
-    add("--backbone-weights", help="initial backbone weights: released BOAT weights as downloaded, a safetensors "
-                                   "file, a boat-vit classification checkpoint (best.pth) or a task run's backbone")
-    add("--partial-weights", action="store_true", default=None, help="with --backbone-weights: accept a file that "
-                                                                     "gives less than half of the backbone's weights")
+    add_backbone_arguments(parser, defaults)
     add("--data", help="COCO-format root (annotations/instances_{train,val}2017.json, train2017/, val2017/), or "
                        f"digit-det[:key=value,...] (generated once into $BOAT_VIT_DATA) (default {defaults.data})")
     add("--train-split", help=f"training split (default {defaults.train_split}: instances_train2017.json or "
@@ -96,9 +90,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    options = options_of(args)
-    resumed = RunCheckpoint.read(options["resume"], task="detection") if options.get("resume") else None
-    summary = train_detector(resolve_det_config(options, resumed), resumed)  # the run checkpoint is read once
+    summary = train_command(args, "detection", resolve_det_config, train_detector)
     if summary:
         print(f"best box AP {summary['best_box_ap']:.2f} at iteration {summary['best_iteration']} (final "
               f"{summary['final_box_ap']:.2f}); run directory {summary['output']}/")
@@ -106,9 +98,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    world = setup_distributed(args.device or default_device())
-    try:
-        set_threads(args.threads, args.workers, world.local_world_size)
+    with distributed_command(args) as world:
         outputs = [Path(path) for path in (args.json, args.results) if path]
         existing = [str(path) for path in outputs if path.exists()]
         if existing and not args.overwrite:
@@ -131,14 +121,11 @@ def _run_eval(args: argparse.Namespace) -> int:
                 write_text(args.json, json.dumps(values, indent=2))
             if args.results:
                 write_text(args.results, json.dumps(results))
-    finally:
-        world.shutdown()
     return 0
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    device = parse_device(args.device or default_device())
-    set_threads(args.threads)
+    device = local_device(args)
     detector = load_detector(args.checkpoint, device)
     amp_dtype = amp_dtype_for(device, bool(args.amp), args.amp_dtype)
     for path in predict_images(detector.model, detector.categories, args.images, Path(args.output),
@@ -149,9 +136,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a det-train checkpoint (best.pth / last.pth)")
-    add_device_argument(parser)
-    add_amp_arguments(parser)
-    add_threads_argument(parser)
+    add_model_runtime_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace output files that exist")
 
 

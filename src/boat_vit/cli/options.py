@@ -1,25 +1,43 @@
-"""Command-line options that several commands share, and argument types with one-line errors."""
+"""Command-line options that several commands share, argument types with one-line errors, and the set-up
+of the commands that train or run a model."""
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
-from ..engine import AMP_DTYPES, RunOptions, default_device
+import torch
+
+from ..engine import (
+    AMP_DTYPES,
+    Distributed,
+    RunCheckpoint,
+    RunOptions,
+    default_device,
+    parse_device,
+    set_threads,
+    setup_distributed,
+)
 from ..errors import Argument
 
 __all__ = [
     "add_amp_arguments",
+    "add_backbone_arguments",
     "add_device_argument",
+    "add_model_runtime_arguments",
     "add_run_arguments",
     "add_threads_argument",
     "DeprecatedSpelling",
     "USAGE_ERROR",
+    "distributed_command",
     "flag_spelling",
     "json_object",
+    "local_device",
     "non_negative_int",
     "options_of",
     "positive_float",
     "positive_int",
+    "train_command",
 ]
 
 
@@ -132,3 +150,55 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> 
     add("--overwrite", action="store_true", default=None, help="start afresh in an --output folder that holds a "
                                                                "run (its files are replaced as the new run writes)")
     add("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+
+
+def add_model_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--amp``, ``--amp-dtype`` and ``--threads`` of a command that runs a trained model."""
+    add_device_argument(parser)
+    add_amp_arguments(parser)
+    add_threads_argument(parser)
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser, defaults: Any, pretrained_help: Optional[str] = None,
+                           kwargs_example: str = '{"fsla_stages": false}') -> None:
+    """The backbone of a dense task's training command: ``--backbone``, ``--backbone-kwargs``,
+    ``--backbone-weights``, ``--pretrained`` (where the task takes it: ``pretrained_help``) and
+    ``--partial-weights``."""
+    add = parser.add_argument
+    add("--backbone", help=f"timm backbone with strides 4/8/16/32 (default {defaults.backbone})")
+    add("--backbone-kwargs", type=json_object, help=f"JSON keyword arguments for the backbone, e.g. '{kwargs_example}'")
+    add("--backbone-weights", help="initial backbone weights: released BOAT weights as downloaded, a safetensors "
+                                   "file, a boat-vit classification checkpoint (best.pth) or a task run's backbone")
+    weights = "--backbone-weights"
+    if pretrained_help is not None:
+        add("--pretrained", action="store_true", default=None, help=pretrained_help)
+        weights += " or --pretrained"
+    add("--partial-weights", action="store_true", default=None, help=f"with {weights}: accept a file that gives "
+                                                                     "less than half of the backbone's weights")
+
+
+def train_command(args: argparse.Namespace, task: str, resolve: Callable, train: Callable) -> dict:
+    """Runs a training command: its options through the task's ``resolve`` (a resumed ``task`` run's checkpoint
+    read once, here), then ``train``; returns the run's summary."""
+    options = options_of(args)
+    resumed = RunCheckpoint.read(options["resume"], task=task) if options.get("resume") else None
+    return train(resolve(options, resumed), resumed)
+
+
+@contextmanager
+def distributed_command(args: argparse.Namespace) -> Iterator[Distributed]:
+    """The processes of a command that ``torchrun`` may start several times (``--device``, ``--threads`` and
+    ``--workers`` of each), shut down at the end."""
+    world = setup_distributed(args.device or default_device())
+    try:
+        set_threads(args.threads, args.workers, world.local_world_size)
+        yield world
+    finally:
+        world.shutdown()
+
+
+def local_device(args: argparse.Namespace) -> torch.device:
+    """The device of a command that runs in this process only (``--device``; ``--threads`` set)."""
+    device = parse_device(args.device or default_device())
+    set_threads(args.threads)
+    return device

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from ..engine import RunCheckpoint, amp_dtype_for, default_device, parse_device, set_threads, setup_distributed
+from ..engine import amp_dtype_for
 from ..seg import (
     PRESETS,
     SegTrainConfig,
@@ -16,15 +16,15 @@ from ..files import check_output, write_json
 from ..seg.evaluate import InferenceOptions, eval_loader, format_scores, output_paths
 from ..seg.inference import as_pair
 from .options import (
-    add_amp_arguments,
-    add_device_argument,
+    add_backbone_arguments,
+    add_model_runtime_arguments,
     add_run_arguments,
-    add_threads_argument,
-    json_object,
+    distributed_command,
+    local_device,
     non_negative_int,
-    options_of,
     positive_float,
     positive_int,
+    train_command,
 )
 
 __all__ = ["add_parsers"]
@@ -39,15 +39,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``seg-train`` options; every recipe knob defaults to the preset, then to :class:`SegTrainConfig`."""
     defaults = SegTrainConfig()
     add = parser.add_argument
-    add("--backbone", help=f"timm backbone with strides 4/8/16/32 (default {defaults.backbone})")
-    add("--backbone-kwargs", type=json_object, help='JSON keyword arguments for the backbone, e.g. '
-                                                   '\'{"embed_dim": 48, "fsla_stages": false}\'')
-    add("--backbone-weights", help="initial backbone weights: a boat-vit classification checkpoint (best.pth), a "
-                                   "safetensors file or released BOAT weights as downloaded")
-    add("--pretrained", action="store_true", default=None,
-        help="initial backbone weights: the backbone's pretrained weights (the released ImageNet ones for BOAT "
-             "models), downloaded once into timm's cache ($TORCH_HOME/hub/checkpoints) as "
-             "timm.create_model(BACKBONE, pretrained=True) downloads them")
+    add_backbone_arguments(
+        parser, defaults, kwargs_example='{"embed_dim": 48, "fsla_stages": false}',
+        pretrained_help="initial backbone weights: the backbone's pretrained weights (the released ImageNet ones for "
+                        "BOAT models), downloaded once into timm's cache ($TORCH_HOME/hub/checkpoints) as "
+                        "timm.create_model(BACKBONE, pretrained=True) downloads them")
     add("--data", help=f"data root: ADEChallengeData2016 layout, images/ and annotations/ with training/ and "
                        f"validation/ (default {defaults.data})")
     add("--dataset", choices=["ade20k", "folder"], help="label convention: 'ade20k' (150 classes, 0 ignored, "
@@ -94,9 +90,6 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "--crop-size (default whole)")
     add("--eval-stride", type=int, nargs="+", help="sliding window stride, one or two ints (default 341)")
     add_run_arguments(parser, defaults)
-    add("--partial-weights", action="store_true", default=None, help="with --backbone-weights or --pretrained: "
-                                                                     "accept a file that gives less than half of the "
-                                                                     "backbone's weights")
 
 
 TRAIN_DESCRIPTION = """\
@@ -113,9 +106,7 @@ derived from the seed and the iteration, and the data order and augmentation dep
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    options = options_of(args)
-    resumed = RunCheckpoint.read(options["resume"], task="segmentation") if options.get("resume") else None
-    summary = train_segmentation(resolve_seg_config(options, resumed), resumed)  # the run checkpoint is read once
+    summary = train_command(args, "segmentation", resolve_seg_config, train_segmentation)
     if summary:
         print(f"best mIoU {summary['best_miou']:.2f} at iteration {summary['best_iteration']} (final "
               f"{summary['final_miou']:.2f}); run directory {summary['output']}/")
@@ -138,11 +129,9 @@ def _inference_options(args: argparse.Namespace) -> InferenceOptions:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    world = setup_distributed(args.device or default_device())
-    try:
+    with distributed_command(args) as world:
         if args.json and world.is_main:
             check_output(args.json, args.overwrite, argument="json")  # before the work
-        set_threads(args.threads, args.workers, world.local_world_size)
         segmenter = load_segmenter(args.checkpoint, world.device)
         loader = eval_loader(args.data, args.split, segmenter.spec, segmenter.transform, world, args.workers)
         amp_dtype = amp_dtype_for(world.device, bool(args.amp), args.amp_dtype)
@@ -155,14 +144,11 @@ def _run_eval(args: argparse.Namespace) -> int:
                       f"{args.checkpoint} (NaN or infinite weights?); the scores above mean nothing", file=sys.stderr)
             if args.json:
                 write_json(args.json, dict(vars(scores), class_names=segmenter.spec.class_names))
-    finally:
-        world.shutdown()
     return 0
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    device = parse_device(args.device or default_device())
-    set_threads(args.threads)
+    device = local_device(args)
     output_paths(args.images, args.output)  # two inputs given as one image fail before the model loads
     segmenter = load_segmenter(args.checkpoint, device)
     amp_dtype = amp_dtype_for(device, bool(args.amp), args.amp_dtype)
@@ -174,9 +160,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a seg-train checkpoint (best.pth / last.pth)")
-    add_device_argument(parser)
-    add_amp_arguments(parser)
-    add_threads_argument(parser)
+    add_model_runtime_arguments(parser)
     _add_inference_arguments(parser)
 
 

@@ -34,8 +34,9 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from ..engine import RunCheckpoint
 from ..errors import Argument, CheckpointError, ConfigError
-from ..models import check_architecture_arguments, check_model_name, weights_filter
-from ..weights import StateDict, WeightsReport, load_state_dict_into, load_weights
+from ..models import check_architecture_arguments, check_model_name
+from ..models.features import FeatureNames
+from ..weights import WeightsReport, load_state_dict_into, load_weights
 from .data import CategoryMap
 
 __all__ = ["DETECTOR_ARGUMENTS", "DETECTOR_KINDS", "PYRAMID_STRIDES", "TimmFeaturePyramid", "TrainedDetector",
@@ -110,44 +111,12 @@ class TimmFeaturePyramid(nn.Module):
                                          extra_blocks=LastLevelMaxPool())
         self.out_channels = fpn_channels
 
-        reference = self.reference_backbone()
-        # timm's feature wrapper names the children of a top-level Sequential <name>_<child> ("layers_0"),
-        # the classifier <name>.<child> ("layers.0"): stored prefix -> the classifier's
-        self.renames = {f"{name}_{child}.": f"{name}.{child}." for name, module in reference.named_children()
-                        if isinstance(module, nn.Sequential) for child, _ in module.named_children()}
-        exempt = reference.no_weight_decay() if hasattr(reference, "no_weight_decay") else set()
-        self.no_weight_decay_names = {name for name, _ in self.body.named_parameters()
-                                      if self.classifier_key(name) in exempt}
-
-    def reference_backbone(self) -> nn.Module:
-        """The backbone as a classifier, on the meta device: the naming and conversion of its weights files."""
-        with torch.device("meta"):
-            return timm.create_model(self.backbone_name, **self.timm_kwargs)
-
-    def classifier_key(self, key: str) -> str:
-        """The classifier's name of a :attr:`body` state-dict key (``layers_0.x`` -> ``layers.0.x``)."""
-        stored = next((prefix for prefix in self.renames if key.startswith(prefix)), None)
-        return self.renames[stored] + key[len(stored):] if stored else key
-
-    def weights_filter(self, state_dict: StateDict, body: nn.Module) -> StateDict:
-        """A weights file's state dict in :attr:`body`'s layout (the ``filter_fn`` of
-        :func:`~boat_vit.weights.load_weights` for the body): the backbone family's filter converts it as
-        for the classifier, then keys take the feature wrapper's names. The classifier's head and final norm
-        keep their names and stay unused."""
-        reference = self.reference_backbone()
-        filter_fn = weights_filter(reference)
-        if filter_fn is not None:
-            state_dict = filter_fn(state_dict, reference)
-        to_body = {theirs: ours for ours, theirs in self.renames.items()}
-        renamed = {}
-        for key, tensor in state_dict.items():
-            prefix = next((p for p in to_body if key.startswith(p)), None)
-            renamed[to_body[prefix] + key[len(prefix):] if prefix else key] = tensor
-        return renamed
+        self.backbone_names = FeatureNames(backbone, self.timm_kwargs)
+        self.no_weight_decay_names = self.backbone_names.no_weight_decay(self.body)
 
     def backbone_part(self) -> dict[str, Any]:
         """How a detector's checkpoint holds this backbone (:data:`~boat_vit.weights.BACKBONE_PART`)."""
-        return dict(task="detection", prefix=BACKBONE_PREFIX, renames=dict(self.renames))
+        return dict(task="detection", prefix=BACKBONE_PREFIX, renames=dict(self.backbone_names.renames))
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         features = self.body(images)
@@ -232,8 +201,9 @@ def load_backbone_weights(detector: GeneralizedRCNN, path: Union[str, Path], ent
 
     Takes released BOAT weights as downloaded, a converted safetensors file, a boat-vit classification
     checkpoint (``best.pth``) or the backbone part of a segmentation or detection run checkpoint, through
-    :func:`~boat_vit.weights.load_weights` with :meth:`TimmFeaturePyramid.weights_filter`. The classifier's
-    head and final norm are reported unused; the FPN and heads start afresh.
+    :func:`~boat_vit.weights.load_weights` with the filter of :attr:`TimmFeaturePyramid.backbone_names`
+    (:meth:`~boat_vit.models.features.FeatureNames.weights_filter`). The classifier's head and final norm are
+    reported unused; the FPN and heads start afresh.
 
     Args:
         detector: A detector made by :func:`create_detector`.
@@ -246,8 +216,8 @@ def load_backbone_weights(detector: GeneralizedRCNN, path: Union[str, Path], ent
             or the file gives too little of the backbone without ``allow_partial``.
     """
     pyramid = detector_backbone(detector)
-    return load_weights(pyramid.body, path, pyramid.weights_filter, key=entry, allow_partial=allow_partial,
-                        backbone=True)
+    return load_weights(pyramid.body, path, pyramid.backbone_names.weights_filter, key=entry,
+                        allow_partial=allow_partial, backbone=True)
 
 
 # The arguments of create_detector a run checkpoint stores (model_args), backbone keywords apart.

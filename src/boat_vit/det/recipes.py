@@ -15,10 +15,10 @@ from ..engine import (
     RunOptions,
     check_bounds,
     given_options,
+    preset_options,
     resumed_config,
 )
 from ..errors import Argument, ConfigError
-from ..models import check_architecture_arguments
 from .data import ON_BAD
 from .model import DETECTOR_KINDS
 
@@ -128,11 +128,9 @@ def drop_path_for(backbone: str) -> float:
 
 
 def resolve_det_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoint] = None) -> DetTrainConfig:
-    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored).
-
-    With ``resume``, the options are those the run started with (read from its checkpoint, or from
-    ``resumed`` where the caller has read it); an explicit option that would change what the run computes is
-    an error, run options (:data:`~boat_vit.engine.RUN_OPTIONS`) apply.
+    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored); with
+    ``resume``, the options the run started with (:func:`~boat_vit.engine.resumed_config`; ``resumed``: its
+    checkpoint where the caller has read it).
 
     Raises:
         ConfigError: unknown options or presets, values out of range, or options a resumed run cannot take.
@@ -142,13 +140,9 @@ def resolve_det_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoin
         if key in values:
             values[key] = tuple(values[key])
     if values.get("resume") is not None:
-        config = resumed_config(DetTrainConfig, values, "detection", resumed)
-        config.backbone_kwargs = check_architecture_arguments(config.backbone_kwargs, values["resume"])
+        config = resumed_config(DetTrainConfig, values, "detection", resumed, model_kwargs="backbone_kwargs")
     else:
-        preset = values.get("preset")
-        if preset is not None and preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        config = DetTrainConfig(**{**PRESETS.get(preset, {}), **values})
+        config = DetTrainConfig(**{**preset_options(PRESETS, values.get("preset")), **values})
         config.train_scales, config.lr_steps = tuple(config.train_scales), tuple(config.lr_steps)
         config.backbone_kwargs = dict(config.backbone_kwargs)
         if config.drop_path is None:

@@ -158,7 +158,8 @@ class DetectionTask(TrainingTask):
         return StepOutput(sum(loss.float() for loss in losses.values()), len(images))
 
     def evaluate(self, model: nn.Module, ema_model: Optional[nn.Module], world: Distributed,
-                 amp_dtype: Optional[torch.dtype], progress: bool, label: str) -> Evaluation:
+                 amp_dtype: Optional[torch.dtype], progress: bool, step: int) -> Evaluation:
+        label = f"eval @{step}"
         scores, _ = evaluate_detection(model, self.val_set, world, amp_dtype, self.config.workers, progress, label)
         if scores.non_finite:
             check_finite(float("nan"), f"detections at {label} ({scores.non_finite} with NaN or infinite values)",

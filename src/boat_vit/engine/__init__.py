@@ -14,6 +14,7 @@ from .options import (
     check_bounds,
     given_options,
     merge_resumed,
+    preset_options,
     resumed_config,
 )
 from .run_checkpoint import RUN_CHECKPOINT_FORMAT, RunCheckpoint
@@ -72,6 +73,7 @@ __all__ = [
     "merge_resumed",
     "optimizer_step",
     "parse_device",
+    "preset_options",
     "raise_if_non_finite",
     "resumed_config",
     "rng_state",

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import Argument, ConfigError
+from ..models import check_architecture_arguments
 from .distributed import default_device
 from .run_checkpoint import RunCheckpoint
 
@@ -20,6 +21,7 @@ __all__ = [
     "check_bounds",
     "given_options",
     "merge_resumed",
+    "preset_options",
     "resumed_config",
 ]
 
@@ -128,20 +130,39 @@ def given_options(config_class: type, overrides: Mapping[str, Any], what: str) -
     return values
 
 
+def preset_options(presets: Mapping[str, Mapping[str, Any]], name: Optional[str]) -> dict[str, Any]:
+    """The options of the preset ``name`` of ``presets`` (none for ``None``).
+
+    Raises:
+        ConfigError: ``name`` is not one of ``presets``.
+    """
+    if name is None:
+        return {}
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+    return dict(presets[name])
+
+
 def resumed_config(config_class: type, values: Mapping[str, Any], task: str,
-                   resumed: Optional[RunCheckpoint] = None) -> Any:
+                   resumed: Optional[RunCheckpoint] = None, model_kwargs: Optional[str] = None) -> Any:
     """The configuration (``config_class``, a dataclass with ``check()``) of the ``task`` run resumed from
     ``values["resume"]``: the options it started with, with the run options of ``values`` (:func:`merge_resumed`).
+
+    An explicit option that would change what the run computes is an error; run options
+    (:data:`RUN_OPTIONS`: where and how it runs) apply.
 
     Args:
         config_class: The task's configuration.
         values: The options given.
         task: The kind of run.
         resumed: The run's checkpoint where the caller has read it already (read here otherwise).
+        model_kwargs: The option holding the model's keyword arguments: read from a file, they may only set
+            the architecture (:func:`~boat_vit.models.check_architecture_arguments`).
 
     Raises:
         ConfigError: the options given are out of range, or differ from the run's.
         CheckpointError: not a checkpoint of a ``task`` run that can be continued.
+        ValueError: the run's model keyword arguments set more than the architecture.
     """
     config_class(**values).check()  # the options given, before they meet the run's
     checkpoint = resumed if resumed is not None else RunCheckpoint.read(values["resume"], task=task)
@@ -149,4 +170,6 @@ def resumed_config(config_class: type, values: Mapping[str, Any], task: str,
     fields = [f.name for f in dataclasses.fields(config_class)]
     config = config_class(**merge_resumed(checkpoint.config, values, values["resume"], fields))
     config.check()
+    if model_kwargs is not None:
+        setattr(config, model_kwargs, check_architecture_arguments(getattr(config, model_kwargs), values["resume"]))
     return config

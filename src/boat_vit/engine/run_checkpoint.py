@@ -16,7 +16,8 @@ they cannot be continued.
 Reading checks every entry: a file whose entries were edited or lost is refused in one message naming the
 file and the entry, before anything is built from it.
 """
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,7 +25,7 @@ from typing import Any, Optional
 import torch.nn as nn
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..files import PathLike, read_checkpoint
 from ..weights import KEYS_SHOWN, StateDict, WeightsReport, load_state_dict_into
 from .run_directory import LAST_CHECKPOINT
@@ -161,6 +162,28 @@ class RunCheckpoint:
             raise self.damaged(entry, f"lacks {len(missing)} of the model's {len(own)} tensors "
                                       f"({', '.join(missing[:KEYS_SHOWN])}{more})")
         return load_state_dict_into(model, weights, self.path, entry=entry)
+
+    def restore_training_state(self, optimizer: Any, scheduler: Any, scaler: Any) -> None:
+        """Restores the optimizer, the scheduler and the gradient scaler of the run (the weights:
+        :meth:`load_into`).
+
+        Raises:
+            CheckpointError: a state that does not fit this run's (naming the entry).
+        """
+        with self._fitting("optimizer"):
+            optimizer.load_state_dict(self.state["optimizer"])
+        with self._fitting("scheduler"):
+            scheduler.load_state_dict(self.state["scheduler"])
+        with self._fitting("scaler"):
+            scaler.load_state_dict(self.state["scaler"])
+
+    @contextmanager
+    def _fitting(self, name: str) -> Iterator[None]:
+        """Turns the error of restoring entry ``name`` into a :class:`CheckpointError` naming it."""
+        try:
+            yield
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as error:
+            raise self.damaged(name, f"does not fit this run ({first_line(error)})") from None
 
     def check_continuable(self) -> None:
         """Raises a :class:`CheckpointError` unless the checkpoint holds a training state to continue from."""

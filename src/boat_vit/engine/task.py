@@ -93,7 +93,7 @@ class TrainingTask(ABC):
         plot_panels: The panels of ``curves.png``.
         sync_batch_norm: Convert batch norms to SyncBatchNorm under CUDA ``torchrun``.
         config: The run's options (a :class:`~boat_vit.engine.options.RunOptions` dataclass with ``output``,
-            ``clip_grad`` and ``check()``).
+            ``clip_grad`` and ``check()``; ``lr`` and ``weight_decay`` for the default :meth:`build_optimizer`).
     """
 
     kind: ClassVar[str]
@@ -138,9 +138,12 @@ class TrainingTask(ABC):
 
     # ---- optimisation -----------------------------------------------------------------------------------
 
-    @abstractmethod
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """The optimizer of ``model``'s parameters."""
+        """The optimizer of ``model``'s parameters; by default timm's AdamW with ``config.lr`` and
+        ``config.weight_decay``, without weight decay on norms, biases and the model's ``no_weight_decay()`` set."""
+        from timm.optim import create_optimizer_v2
+
+        return create_optimizer_v2(model, "adamw", lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     @abstractmethod
     def build_scheduler(self, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> tuple[Any, Schedule]:

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..errors import Argument, ConfigError, first_line
+from ..errors import Argument, ConfigError
 from ..weights import WeightsReport
 from .distributed import Distributed, setup_distributed
 from .options import merge_resumed
@@ -144,11 +144,7 @@ def _train(task: TrainingTask, world: Distributed, run: Optional[RunDirectory], 
         checkpoint.load_into(model)
         if ema is not None:
             checkpoint.load_into(ema.module, ema=True)
-        for name, restored in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
-            try:
-                restored.load_state_dict(state[name])
-            except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as error:
-                raise checkpoint.damaged(name, f"does not fit this run ({first_line(error)})") from None
+        checkpoint.restore_training_state(optimizer, scheduler, scaler)
         step, rows, best = state["step"], state["metrics"], state["best"]
         if world.is_main:
             running = _Running(**{k: state["running"][k] for k in RUNNING_ENTRIES})

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -20,8 +19,9 @@ import torch.nn.functional as F
 from ..engine import RunCheckpoint
 from ..errors import ConfigError, first_line
 from ..images import palette
-from ..models import building, check_architecture_arguments, check_model_name, weights_filter
-from ..weights import BACKBONE_PART, StateDict, WeightsReport, load_weights
+from ..models import building, check_architecture_arguments, check_model_name
+from ..models.features import FeatureNames
+from ..weights import BACKBONE_PART, WeightsReport, load_weights
 from .data import DatasetSpec, EvalTransform
 
 __all__ = ["AuxiliaryHead", "BoatUPerNet", "Segmenter", "load_backbone_weights", "run_entries",
@@ -46,20 +46,6 @@ class AuxiliaryHead(nn.Sequential):
             nn.Dropout2d(AUX_DROPOUT),
             nn.Conv2d(channels, num_classes, 1),
         )
-
-
-def _flattened_names(reference: nn.Module) -> dict[str, str]:
-    """Key prefixes of timm's ``flatten_sequential`` feature wrapper -> those of the classifier.
-
-    ``features_only`` models name the children of a top-level ``nn.Sequential`` ``<name>_<child>``
-    (``layers_0``) where the classifier has ``<name>.<child>`` (``layers.0``).
-    """
-    return {
-        f"{name}_{child}.": f"{name}.{child}."
-        for name, module in reference.named_children()
-        if isinstance(module, nn.Sequential)
-        for child, _ in module.named_children()
-    }
 
 
 class BoatUPerNet(nn.Module):
@@ -100,52 +86,17 @@ class BoatUPerNet(nn.Module):
         channels = self.upernet.encoder.out_channels
         self.aux_head = AuxiliaryHead(channels[AUX_FEATURE], aux_channels, num_classes) if aux_channels else None
 
-        self._timm_kwargs = timm_kwargs
-        reference = self.reference_backbone()
-        self._renames = _flattened_names(reference)
-        exempt = reference.no_weight_decay() if hasattr(reference, "no_weight_decay") else set()
-        self._no_weight_decay = {ENCODER_PREFIX + name for name, _ in self.backbone.named_parameters()
-                                 if self.backbone_key(name) in exempt}
-
-    def reference_backbone(self) -> nn.Module:
-        """The backbone as a classifier, on the meta device: its weight names and checkpoint conversion."""
-        with torch.device("meta"):
-            return timm.create_model(self.backbone_name, **self._timm_kwargs)
+        self.backbone_names = FeatureNames(backbone, timm_kwargs)
+        self._no_weight_decay = {ENCODER_PREFIX + name for name in self.backbone_names.no_weight_decay(self.backbone)}
 
     @property
     def backbone(self) -> nn.Module:
         """The timm feature extractor (``features_only`` wrapper of the backbone)."""
         return self.upernet.encoder.model
 
-    def backbone_key(self, key: str) -> str:
-        """The classifier's name of a backbone state-dict key (``layers_0.x`` -> ``layers.0.x``)."""
-        for ours, theirs in self._renames.items():
-            if key.startswith(ours):
-                return theirs + key[len(ours):]
-        return key
-
-    def backbone_filter(self, state_dict: StateDict, backbone: nn.Module) -> StateDict:
-        """A weights file's state dict in the backbone's layout: the ``filter_fn`` of
-        :func:`~boat_vit.weights.load_weights` for :attr:`backbone`.
-
-        The backbone family's filter converts it as for the classifier; keys are then renamed to the feature
-        wrapper's (``layers.0.x`` -> ``layers_0.x``). The classifier's head and final norm keep their names
-        and stay unused.
-        """
-        reference = self.reference_backbone()
-        filter_fn = weights_filter(reference)
-        if filter_fn is not None:
-            state_dict = filter_fn(state_dict, reference)
-        to_features = {theirs: ours for ours, theirs in self._renames.items()}
-        renamed = {}
-        for key, tensor in state_dict.items():
-            prefix = next((p for p in to_features if key.startswith(p)), None)
-            renamed[to_features[prefix] + key[len(prefix):] if prefix else key] = tensor
-        return renamed
-
     def backbone_part(self) -> dict[str, Any]:
         """How a checkpoint of this model holds its backbone (:data:`~boat_vit.weights.BACKBONE_PART`)."""
-        return dict(task="segmentation", prefix=ENCODER_PREFIX, renames=dict(self._renames))
+        return dict(task="segmentation", prefix=ENCODER_PREFIX, renames=dict(self.backbone_names.renames))
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -179,8 +130,9 @@ def load_backbone_weights(
 
     Takes a boat-vit classification checkpoint (``best.pth`` / ``last.pth``), the backbone part of a
     segmentation one, a converted safetensors file or released weights as downloaded, through
-    :func:`~boat_vit.weights.load_weights` with :meth:`BoatUPerNet.backbone_filter`. The classifier's head
-    and final norm are unused.
+    :func:`~boat_vit.weights.load_weights` with the filter of :attr:`BoatUPerNet.backbone_names`
+    (:meth:`~boat_vit.models.features.FeatureNames.weights_filter`). The classifier's head and final norm
+    are unused.
 
     Args:
         model: The segmenter.
@@ -192,8 +144,8 @@ def load_backbone_weights(
         WeightsMismatchError: a tensor of the file has another shape than the backbone's (another model size),
             or the file gives too little of the backbone without ``allow_partial``.
     """
-    return load_weights(model.backbone, path, model.backbone_filter, key=entry, allow_partial=allow_partial,
-                        backbone=True)
+    return load_weights(model.backbone, path, model.backbone_names.weights_filter, key=entry,
+                        allow_partial=allow_partial, backbone=True)
 
 
 SEGMENTER_ARGUMENTS = ("backbone", "num_classes", "backbone_kwargs", "decoder_channels", "aux_channels",

@@ -14,10 +14,10 @@ from ..engine import (
     RunOptions,
     check_bounds,
     given_options,
+    preset_options,
     resumed_config,
 )
 from ..errors import Argument, ConfigError
-from ..models import check_architecture_arguments
 from .inference import as_pair
 
 __all__ = ["PRESETS", "SegTrainConfig", "resolve_seg_config"]
@@ -101,11 +101,9 @@ BOUNDS = dict(
     checkpoint_interval=AT_LEAST_ONE, eval_stride=AT_LEAST_ONE,
 )
 def resolve_seg_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoint] = None) -> SegTrainConfig:
-    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored).
-
-    With ``resume``, the options are those the run started with (read from its checkpoint, or from
-    ``resumed`` where the caller has read it); an explicit option that would change what the run computes is
-    an error, run options (:data:`~boat_vit.engine.RUN_OPTIONS`) apply.
+    """Defaults, then the preset (if any), then explicit ``overrides`` (``None`` values are ignored); with
+    ``resume``, the options the run started with (:func:`~boat_vit.engine.resumed_config`; ``resumed``: its
+    checkpoint where the caller has read it).
 
     Raises:
         ConfigError: unknown options or presets, values out of range, or options a resumed run cannot take.
@@ -115,13 +113,9 @@ def resolve_seg_config(overrides: dict[str, Any], resumed: Optional[RunCheckpoin
         for key in ("crop_size", "eval_stride"):
             if key in values:
                 values[key] = as_pair(values[key])
-        config = resumed_config(SegTrainConfig, values, "segmentation", resumed)
-        config.backbone_kwargs = check_architecture_arguments(config.backbone_kwargs, values["resume"])
+        config = resumed_config(SegTrainConfig, values, "segmentation", resumed, model_kwargs="backbone_kwargs")
     else:
-        preset = values.get("preset")
-        if preset is not None and preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        config = SegTrainConfig(**{**PRESETS.get(preset, {}), **values})
+        config = SegTrainConfig(**{**preset_options(PRESETS, values.get("preset")), **values})
         config.crop_size, config.eval_stride = as_pair(config.crop_size), as_pair(config.eval_stride)
     config.check()
     return config
