@@ -298,6 +298,12 @@ def test_empty_images_are_kept_by_default_and_the_masks_option(messy):
     (json.dumps(dict(images=[dict(id=1, file_name="a.png")], annotations=[], categories=[])),
      "entry 0 of 'images' lacks one of ['id', 'file_name', 'width', 'height']"),
     (json.dumps(dict(images=[dict(IMAGES[0], width=0)], annotations=[], categories=[])), "image 1 has width 0"),
+    (json.dumps(dict(images=IMAGES[:1], annotations=[], categories=[dict(id="cat", name="c"), dict(id=3, name="d")])),
+     "entry 0 of 'categories' has id 'cat', not an integer"),
+    (json.dumps(dict(images=[dict(IMAGES[0], id=[1])], annotations=[], categories=[])),
+     "entry 0 of 'images' has id [1], not an integer"),
+    (json.dumps(dict(images=IMAGES[:1], annotations=[GOOD, dict(GOOD, id=[11])], categories=[])),
+     "annotation 1 (0-based) has id [11], not an integer"),
 ])
 def test_files_that_are_not_coco_are_named(tmp_path, content, message):
     path = tmp_path / "instances.json"
