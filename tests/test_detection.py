@@ -501,6 +501,7 @@ def test_digit_det_is_reproducible_held_out_and_cached(tmp_path, monkeypatch):
     ("digit-det:canvas=big", "task option canvas needs a int, got 'big'"),
     ("digit-det:max_size=200", "do not fit a 128-pixel canvas"),
     ("digit-det:min_digits=3,max_digits=2", "needs 1 <= min_digits <= max_digits"),
+    ("digit-det:seed=-1", "needs seed >= 0, got -1"),
 ])
 def test_digit_det_options_are_checked(spec, message):
     with pytest.raises(ValueError) as error:
