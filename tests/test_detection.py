@@ -784,7 +784,7 @@ def test_a_detection_checkpoint_gives_its_backbone_to_other_tasks(trained, tmp_p
     segmenter = BoatUPerNet(SWIN, 3, TINY_SWIN, decoder_channels=16)
     assert not load_segmentation_backbone(segmenter, trained / "best.pth").initial
     assert cli_main(["eval", "--model", SWIN, "--pretrained-file", str(trained / "best.pth")]) == 2
-    assert "best.pth is a detection run checkpoint: only its backbone" in capsys.readouterr().err
+    assert "best.pth is a detection training checkpoint: only its backbone" in capsys.readouterr().err
 
 
 def test_bad_annotations_in_det_train_are_reported_or_stop_in_one_line(data_cache, tmp_path, capsys):
@@ -816,7 +816,7 @@ def test_a_non_finite_evaluation_stops_the_run_before_saving(data_cache, tmp_pat
         DetectionScores(box=nan_scores, mask=nan_scores, images=4, detections=3, non_finite=2), []))
     assert cli_main([*TRAIN_ARGS, "--output", str(tmp_path / "run"), "--checkpoint-interval", "4"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "non-finite detections at eval @4 (2 with NaN or infinite values)" in err
+    assert err.count("\n") == 1 and "non-finite detections at " in err and "4 (2 with NaN or infinite values)" in err
     assert "try a lower --lr, --clip-grad or no --amp" in err
     assert not (tmp_path / "run" / "best.pth").exists() and not (tmp_path / "run" / "last.pth").exists()
 
