@@ -579,6 +579,7 @@ def test_prediction_checks_images_options_and_outputs_before_any_work(tmp_path):
     out = tmp_path / "out"
     for images, options, error, message in [
         ([good, tmp_path / "missing.png"], {}, ValueError, "image not found: .*missing.png"),
+        ([tmp_path, good], {}, ValueError, "is a folder, not an image file"),
         ([good, tmp_path / "broken.png", tmp_path / "truncated.png"], {}, ValueError,
          "cannot read image .*broken.png.* .and 1 more images."),
         ([good], dict(score_threshold=1.5), ValueError, "score_threshold must be between 0 and 1, got 1.5"),

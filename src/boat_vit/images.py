@@ -52,6 +52,8 @@ def load_image(path: Union[str, Path]) -> Image.Image:
 def image_problem(path: Union[str, Path]) -> Union[str, None]:
     """What keeps ``path`` from being read as an image (``None``: nothing); reads only the file's header."""
     path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder, not an image file"
     if not path.is_file():
         return f"image not found: {path}"
     try:
