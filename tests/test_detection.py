@@ -21,6 +21,7 @@ from boat_vit.det.recipes import resolve_det_config
 from boat_vit.engine import RunCheckpoint
 from boat_vit.det.model import load_backbone_weights
 from boat_vit.errors import DataError
+from boat_vit.images import distinct_stems
 from boat_vit.det.data import (
     AnnotationError, CategoryMap, CocoSplit, TrainTransform, check_images, decode_mask, mask_problem,
     read_coco_json, resolve_coco_split, scaled_size,
@@ -297,6 +298,12 @@ def test_empty_images_are_kept_by_default_and_the_masks_option(messy):
     (json.dumps(dict(images=[dict(id=1, file_name="a.png")], annotations=[], categories=[])),
      "entry 0 of 'images' lacks one of ['id', 'file_name', 'width', 'height']"),
     (json.dumps(dict(images=[dict(IMAGES[0], width=0)], annotations=[], categories=[])), "image 1 has width 0"),
+    (json.dumps(dict(images=IMAGES[:1], annotations=[], categories=[dict(id="cat", name="c"), dict(id=3, name="d")])),
+     "entry 0 of 'categories' has id 'cat', not an integer"),
+    (json.dumps(dict(images=[dict(IMAGES[0], id=[1])], annotations=[], categories=[])),
+     "entry 0 of 'images' has id [1], not an integer"),
+    (json.dumps(dict(images=IMAGES[:1], annotations=[GOOD, dict(GOOD, id=[11])], categories=[])),
+     "annotation 1 (0-based) has id [11], not an integer"),
 ])
 def test_files_that_are_not_coco_are_named(tmp_path, content, message):
     path = tmp_path / "instances.json"
@@ -494,6 +501,7 @@ def test_digit_det_is_reproducible_held_out_and_cached(tmp_path, monkeypatch):
     ("digit-det:canvas=big", "task option canvas needs a int, got 'big'"),
     ("digit-det:max_size=200", "do not fit a 128-pixel canvas"),
     ("digit-det:min_digits=3,max_digits=2", "needs 1 <= min_digits <= max_digits"),
+    ("digit-det:seed=-1", "needs seed >= 0, got -1"),
 ])
 def test_digit_det_options_are_checked(spec, message):
     with pytest.raises(ValueError) as error:
@@ -503,24 +511,27 @@ def test_digit_det_options_are_checked(spec, message):
 
 # ------------------------------------------------------------------------------------------- prediction
 
+class Fixed(torch.nn.Module):
+    """A 'detector' with one parameter (for its device) that finds a dog in the top-left corner."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        height, width = images[0].shape[-2:]
+        masks = torch.zeros(2, 1, height, width)
+        masks[0, 0, 2:10, 2:12] = 1.0
+        return [dict(boxes=torch.tensor([[2.0, 2, 12, 10], [5, 5, 9, 9]]), scores=torch.tensor([0.9, 0.2]),
+                     labels=torch.tensor([2, 1]), masks=masks)]
+
+
+PET_CATEGORIES = CategoryMap((3, 7), ("cat", "dog"))
+
+
 def test_predict_writes_pictures_and_coco_results_and_keeps_existing_outputs(tmp_path):
     torch.manual_seed(0)
-    categories = CategoryMap((3, 7), ("cat", "dog"))
-
-    class Fixed(torch.nn.Module):
-        """A 'detector' with one parameter (for its device) that finds a dog in the top-left corner."""
-
-        def __init__(self):
-            super().__init__()
-            self.anchor = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, images):
-            height, width = images[0].shape[-2:]
-            masks = torch.zeros(2, 1, height, width)
-            masks[0, 0, 2:10, 2:12] = 1.0
-            return [dict(boxes=torch.tensor([[2.0, 2, 12, 10], [5, 5, 9, 9]]), scores=torch.tensor([0.9, 0.2]),
-                         labels=torch.tensor([2, 1]), masks=masks)]
-
+    categories = PET_CATEGORIES
     images = []
     for folder in ("x", "y"):  # two images of one name: their outputs must not collide
         (tmp_path / folder).mkdir()
@@ -541,6 +552,50 @@ def test_predict_writes_pictures_and_coco_results_and_keeps_existing_outputs(tmp
     with pytest.raises(FileExistsError, match="exists .and 2 more outputs.; pass overwrite=True to replace"):
         predict_images(Fixed(), categories, images, tmp_path / "out")
     predict_images(Fixed(), categories, images, tmp_path / "out", overwrite=True)
+
+
+def test_prediction_names_never_collide(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    for name in ("a/x.png", "a/x.jpg", "b/x.png", "a/y.png", "a/x_png.png"):
+        Image.new("RGB", (16, 16)).save(tmp_path / name)
+    paths = [str(tmp_path / name) for name in ("a/x.png", "a/x.jpg", "a/y.png")]
+    assert distinct_stems(paths) == ["x_png", "x_jpg", "y"]
+    assert distinct_stems([str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png")]) == ["a_x", "b_x"]
+    assert distinct_stems([str(tmp_path / "a/x.png"), str(tmp_path / "a/x.jpg"), str(tmp_path / "a/x_png.png")]) \
+        == ["x_png", "x_jpg", "x_png-2"]
+    written = predict_images(Fixed(), PET_CATEGORIES, paths[:2], tmp_path / "out")
+    assert [path.name for path in written] == [f"x_png{PICTURE_SUFFIX}", f"x_jpg{PICTURE_SUFFIX}", RESULTS_FILE]
+    assert all(path.is_file() for path in written)
+    with pytest.raises(ValueError, match="the same image is given twice: .*x.png"):
+        predict_images(Fixed(), PET_CATEGORIES, [paths[0], str(tmp_path / "b/../a/x.png")], tmp_path / "again")
+
+
+def test_prediction_checks_images_options_and_outputs_before_any_work(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (16, 16)).save(good)
+    (tmp_path / "broken.png").write_text("not an image")
+    (tmp_path / "truncated.png").write_bytes(b"\x89PNG")
+    out = tmp_path / "out"
+    for images, options, error, message in [
+        ([good, tmp_path / "missing.png"], {}, ValueError, "image not found: .*missing.png"),
+        ([tmp_path, good], {}, ValueError, "is a folder, not an image file"),
+        ([good, tmp_path / "broken.png", tmp_path / "truncated.png"], {}, ValueError,
+         "cannot read image .*broken.png.* .and 1 more images."),
+        ([good], dict(score_threshold=1.5), ValueError, "score_threshold must be between 0 and 1, got 1.5"),
+        ([good], dict(upscale=0), ValueError, "upscale must be a whole number of at least 1, got 0"),
+    ]:
+        with pytest.raises(error, match=message):
+            predict_images(Fixed(), PET_CATEGORIES, [str(image) for image in images], out, **options)
+        assert not out.exists()
+    out.write_text("mine")
+    with pytest.raises(OSError, match="output=.*out' is a file, not a folder"):
+        predict_images(Fixed(), PET_CATEGORIES, [str(good)], out)
+    out.unlink()
+    (out / f"good{PICTURE_SUFFIX}").mkdir(parents=True)  # a folder where the picture goes
+    with pytest.raises(OSError, match=f"good{PICTURE_SUFFIX} is a folder; give a file name"):
+        predict_images(Fixed(), PET_CATEGORIES, [str(good)], out, overwrite=True)
+    assert not (out / RESULTS_FILE).exists()
 
 
 def test_drawing_leaves_the_image_alone_without_detections():
@@ -708,6 +763,13 @@ def test_det_predict_command(trained, data_cache, tmp_path, capsys):
     assert cli_main(["det-predict", images[0], "missing.png", "--checkpoint", str(trained / "best.pth"),
                      "--output", str(tmp_path / "none")]) == 2
     assert "image not found: missing.png" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    (tmp_path / "broken.png").write_text("not an image")
+    for extra, message in [([str(tmp_path / "broken.png")], "cannot read image "),
+                           (["--score-threshold", "2"], "--score-threshold must be between 0 and 1, got 2.0")]:
+        assert cli_main(["det-predict", images[0], *extra, "--checkpoint", str(trained / "best.pth"),
+                         "--output", str(tmp_path / "none")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and not (tmp_path / "none").exists()
 
 
 def test_a_detection_checkpoint_gives_its_backbone_to_other_tasks(trained, tmp_path, capsys):
@@ -755,7 +817,7 @@ def test_a_non_finite_evaluation_stops_the_run_before_saving(data_cache, tmp_pat
         DetectionScores(box=nan_scores, mask=nan_scores, images=4, detections=3, non_finite=2), []))
     assert cli_main([*TRAIN_ARGS, "--output", str(tmp_path / "run"), "--checkpoint-interval", "4"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "non-finite detections at eval @4 (2 with NaN or infinite values)" in err
+    assert err.count("\n") == 1 and "non-finite detections at " in err and "4 (2 with NaN or infinite values)" in err
     assert "try a lower --lr, --clip-grad or no --amp" in err
     assert not (tmp_path / "run" / "best.pth").exists() and not (tmp_path / "run" / "last.pth").exists()
 

@@ -18,8 +18,8 @@ without a word is counted here and reported by kind (:class:`AnnotationReport`),
 
 Boxes partly outside their image are clipped to it (counted). Crowd annotations (``iscrowd=1``) are not
 training targets, as in COCO's protocol (evaluation treats them as regions to ignore). Images left without
-annotations are kept or skipped (``keep_empty``). A file that is not COCO JSON, or that defines an image,
-annotation or category id twice, is an error.
+annotations are kept or skipped (``keep_empty``). A file that is not COCO JSON, or whose image, annotation or
+category ids are not integers or not unique, is an error.
 """
 import contextlib
 import io
@@ -121,7 +121,7 @@ def read_coco_json(path: Union[str, Path]) -> dict:
     Raises:
         FileNotFoundError: no such file.
         DataError: not JSON, missing ``images`` / ``annotations`` / ``categories`` lists, records without
-            an ``id``, or an id defined twice (named).
+            an integer ``id``, or an id defined twice (named).
     """
     path = Path(path)
     if not path.is_file():
@@ -140,6 +140,8 @@ def read_coco_json(path: Union[str, Path]) -> dict:
         for position, record in enumerate(data[key]):
             if not isinstance(record, dict) or any(name not in record for name in required):
                 raise DataError(f"{path}: entry {position} of '{key}' lacks one of {list(required)}")
+            if not _is_int(record["id"]):
+                raise DataError(f"{path}: entry {position} of '{key}' has id {record['id']!r}, not an integer")
             if record["id"] in seen:
                 raise DataError(f"{path}: {key[:-1]} id {record['id']} is defined twice")
             seen.add(record["id"])
@@ -150,14 +152,21 @@ def read_coco_json(path: Union[str, Path]) -> dict:
     annotation_ids = [a.get("id") if isinstance(a, dict) else None for a in data["annotations"]]
     if None in annotation_ids:
         raise DataError(f"{path}: annotation {annotation_ids.index(None)} (0-based) has no id")
+    position = next((i for i, annotation_id in enumerate(annotation_ids) if not _is_int(annotation_id)), None)
+    if position is not None:
+        raise DataError(f"{path}: annotation {position} (0-based) has id {annotation_ids[position]!r}, not an integer")
     duplicates = [i for i, n in Counter(annotation_ids).items() if n > 1]
     if duplicates:
         raise DataError(f"{path}: annotation id {duplicates[0]} is defined twice")
     return data
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return _is_int(value) and value > 0
 
 
 def _is_number(value: Any) -> bool:

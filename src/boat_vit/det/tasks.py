@@ -77,6 +77,8 @@ class DigitDetConfig:
             raise ConfigError(f"digit-det needs train_size and val_size >= 1, got {self.train_size}, {self.val_size}")
         if not 0 < self.heldout_fraction < 1:
             raise ConfigError(f"digit-det needs 0 < heldout_fraction < 1, got {self.heldout_fraction}")
+        if self.seed < 0:
+            raise ConfigError(f"digit-det needs seed >= 0, got {self.seed}")
 
     def key(self) -> str:
         """A short name of this configuration (its cache folder)."""
