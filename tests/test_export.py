@@ -18,15 +18,13 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import boat_vit  # noqa: F401  (registers the models)
+from boat_vit.errors import ConfigError, ExportMismatchError, OutputError, OutputExistsError
 from boat_vit.export import (
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
     FORMATS,
     MAX_OPSET,
     MIN_OPSET,
-    ExportMismatchError,
-    ModelInputError,
-    OutputExistsError,
     check_export,
     compare_outputs,
     export_model,
@@ -285,7 +283,7 @@ def test_export_argument_errors(tmp_path):
         load_exported(tmp_path / "m", "tflite")
     with pytest.raises(ValueError, match="eval-mode"):
         export_model(model.train(), "onnx", tmp_path / "m.onnx", images(1))
-    with pytest.raises(ModelInputError, match=r"the model fails on the check inputs \(1, 3, 2, 2\)"):
+    with pytest.raises(ConfigError, match=r"the model does not run on 2x2 images \(check inputs \(1, 3, 2, 2\)\)"):
         export_model(model.eval(), "torchscript", tmp_path / "m.pt", images(1, 2, 2))
     assert not any(tmp_path.iterdir())
 
@@ -294,10 +292,10 @@ def test_an_existing_output_is_kept_unless_overwrite(tmp_path):
     model = small(CSWIN)
     kept = tmp_path / "model.pt"
     kept.write_bytes(b"the user's file")
-    with pytest.raises(OutputExistsError, match="model.pt exists; overwrite=True replaces it"):
+    with pytest.raises(OutputExistsError, match=r"path='.*model.pt' exists; pass overwrite=True to replace it"):
         export_model(model, "torchscript", kept, images(1))
     assert kept.read_bytes() == b"the user's file"
-    with pytest.raises(ValueError, match="output folder .*missing does not exist"):
+    with pytest.raises(OutputError, match="the folder .*missing does not exist"):
         export_model(model, "torchscript", tmp_path / "missing" / "model.pt", images(1))
     export_model(model, "torchscript", kept, images(1), overwrite=True)
     assert check_export(model, load_exported(kept, "torchscript"), [images(2)], tolerance=1e-30).largest == 0.0

@@ -248,7 +248,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
          "needs its weights (--pretrained-file or --pretrained)"),
         (["export", "boat_nano", "--format", "onnx", "--output", f"{out}/e5.onnx"], "unknown model 'boat_nano'"),
         (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--output", f"{out}/none/e6.onnx"],
-         "output folder"),
+         f"--output {out}/none/e6.onnx: the folder {out}/none does not exist"),
         (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--output", a_file], "exists; pass --overwrite"),
         (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--opset", "12", "--output", f"{out}/e7.onnx"],
          "argument --opset: ONNX opset must be between 18 and 22, got 12"),

@@ -141,8 +141,6 @@ def test_no_module_imports_another_modules_private_names():
 
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
-# These still map their own command-line options; their messages move behind the command line with them.
-FLAG_WORDING_LEFT = ("ablation.py", "export.py")
 MESSAGE_CALLS = ("warn", "warning", "error", "print")
 
 
@@ -150,8 +148,6 @@ def test_library_messages_name_arguments_not_command_line_flags():
     """The library speaks Python (``Argument("reset_head", True)``); only ``boat_vit.cli`` names flags."""
     offenders = []
     for path, tree in _library_sources():
-        if path.name in FLAG_WORDING_LEFT and path.parent == PACKAGE_ROOT:
-            continue
         for node in ast.walk(tree):
             messages = [node.exc] if isinstance(node, ast.Raise) and node.exc is not None else []
             if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in MESSAGE_CALLS:
