@@ -487,6 +487,8 @@ def _writers(data: dict[str, Path], runs: dict[str, Path]) -> dict[str, tuple[li
                                    "groups.png"),
         "convert": (["convert", str(runs["cls"]), "{DIR}/weights.safetensors", "--model", MODEL, "--model-kwargs",
                      json.dumps(dict(TINY_KWARGS, num_classes=2))], "weights.safetensors"),
+        "export --output": (["export", MODEL, "--format", "torchscript", "--checkpoint", str(runs["cls"]), "--output",
+                             "{DIR}/model.pt", "--check-images", "2"], "model.pt"),
     }
 
 

@@ -90,7 +90,7 @@ def predict_images(model: nn.Module, categories: CategoryMap, images: Sequence[s
     stems = output_stems(images)
     pictures = [output / f"{stem}{PICTURE_SUFFIX}" for stem in stems]
     results_path = output / RESULTS_FILE
-    existing = [str(path) for path in (*pictures, results_path) if path.exists()]
+    existing = [str(path) for path in (*pictures, results_path) if os.path.lexists(path)]  # a link counts
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
         raise OutputExistsError(f"{existing[0]} exists{more}; pass ", Argument("overwrite", True), " to replace, "
