@@ -473,3 +473,17 @@ def test_export_command_interrupted_after_the_write_exits_130_and_keeps_no_file(
     assert done.returncode == 130 and "save: " in done.stdout, done.stderr
     assert done.stderr.strip() == "boat-vit export: interrupted"
     assert not any(tmp_path.iterdir())
+
+
+def test_export_to_a_full_disk_is_one_line_naming_the_output(trained_tiny, tmp_path):
+    """The save step on a full disk: one line that names the output (not the staging folder), nothing left."""
+    from test_reliability import _in_a_mount_namespace
+
+    command = " ".join(f"'{a}'" for a in [sys.executable, "-m", "boat_vit", "export", SWIN, "--checkpoint",
+                                           str(trained_tiny), "--format", "torchscript", "--output", "full/model.pt"])
+    result = _in_a_mount_namespace(f"mkdir full && mount -t tmpfs -o size=16k tmpfs full && "
+                                   f"{{ {command} && echo status 0 || echo status $?; }} && ls -A full", tmp_path)
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "status 2", result.stderr[-2000:]  # and nothing in the folder (ls -A lists nothing)
+    assert result.stderr.strip().splitlines() == ["boat-vit export: error: [Errno 28] No space left on device: "
+                                                  "'full/model.pt'"]

@@ -40,7 +40,7 @@ grouping. So an export passes when the typical check image agrees to float round
 largest difference is within ``tolerance``) and every image within ``near_tie_tolerance``, the size of a few
 flipped groups; a wrong weight or a wrong operation moves every image and fails.
 """
-import errno
+import io
 import math
 import os
 import shutil
@@ -373,6 +373,17 @@ def _staging_folder(output: Path) -> Iterator[Path]:
             os.close(descriptor)
 
 
+@contextmanager
+def _errors_naming(path: Path) -> Iterator[None]:
+    """An operating-system error (a full disk) names ``path``, never a file of the staging folder."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
 def _publish(staged: Path, path: Path, overwrite: bool) -> None:
     """Moves the files of ``staged`` beside ``path`` (the main file last), flushed to disk first.
 
@@ -448,14 +459,23 @@ def _convert_onnx(program: torch.export.ExportedProgram, opset: int):
 
 
 def _save(artifact, fmt: str, path: Path) -> None:
-    if fmt == "torchscript":
-        artifact.save(str(path))
-    elif fmt == "exported-program":
-        torch.export.save(artifact, path)
-    else:
+    """Writes ``artifact`` to ``path``. TorchScript and exported programs are serialised in memory first: PyTorch's
+    archive writer ends the process (``std::terminate``) when a write to a file fails (a full disk); Python's
+    write raises an ``OSError`` instead."""
+    if fmt == "onnx":
         weight_bytes = sum(t.const_value.nbytes for t in artifact.model.graph.initializers.values()
                            if t.const_value is not None)
         artifact.save(path, external_data=weight_bytes > ONNX_FILE_LIMIT_BYTES)
+        return
+    buffer = io.BytesIO()
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(artifact, buffer)
+    else:
+        torch.export.save(artifact, buffer)
+    with open(path, "xb") as file:  # a new file in the private staging folder
+        file.write(buffer.getbuffer())
 
 
 def load_exported(path: PathLike, fmt: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], Outputs]:
@@ -594,12 +614,14 @@ def export_model(
                 artifact = _failing_as_value_error(f"the ONNX exporter (opset {opset}) cannot convert the model",
                                                    lambda: _convert_onnx(artifact, opset))
         with step("save", lambda: f"{sum(f.stat().st_size for f in staging.iterdir()) / 2**20:.1f} MiB"):
-            _save(artifact, fmt, staged)
+            with _errors_naming(path):
+                _save(artifact, fmt, staged)
         del artifact
         with step("reload"):
             exported = load_exported(staged, fmt, threads=torch.get_num_threads())
         agreements: List[Agreement] = []
         with step("check", lambda: agreements[0].summary(tolerance)):
             agreements.append(check_export(expected, exported, inputs, tolerance, near_tie_tolerance))
-        _publish(staging, path, overwrite)
+        with _errors_naming(path):
+            _publish(staging, path, overwrite)
     return ExportResult(path, agreements[0], step.seconds)
