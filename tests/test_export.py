@@ -222,7 +222,8 @@ def test_agreement_and_its_judgement():
         check_export(model, lambda images: model(images) * float("nan"), x)
     with pytest.raises(ExportMismatchError, match=r"shape \(4, 4\) != expected \(4, 5\)"):
         check_export(model, lambda images: model(images)[:, :4], x)
-    top = compare_outputs(logits, logits.flip(-1))
+    ranked = torch.arange(10.0).expand(4, 10)
+    top = compare_outputs(ranked, ranked.flip(-1))  # every ranking reversed: the top 5 become the last 5
     assert top.top1 == 0 and top.top5 == 0
     assert max_difference([torch.zeros(2), torch.ones(3)], [torch.zeros(2), torch.full((3,), 1.5)]) == 0.5
     with pytest.raises(ExportMismatchError, match="expected 2 outputs, got 1"):
@@ -230,24 +231,25 @@ def test_agreement_and_its_judgement():
 
 
 def _corrupt(path, fmt: str) -> None:
-    """Adds 0.5 to one element of the first attention projection's weight inside an exported file."""
+    """Adds 0.5 to one element of the classifier's weight inside an exported file (every image's logits move)."""
     if fmt == "onnx":
         from onnx import numpy_helper
 
         graph = onnx.load(str(path))
-        tensor = next(t for t in graph.graph.initializer if "qkv.weight" in t.name)
+        tensor = next(t for t in graph.graph.initializer if "head.fc.weight" in t.name)
         values = numpy_helper.to_array(tensor).copy()
         values.flat[0] += 0.5
         tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
         onnx.save(graph, str(path))
     elif fmt == "exported-program":
         program = torch.export.load(path)
-        weight = next(v for k, v in program.state_dict.items() if "qkv.weight" in k)
-        weight.view(-1)[0] += 0.5
+        weight = next(v for k, v in program.state_dict.items() if "head.fc.weight" in k)
+        with torch.no_grad():
+            weight.view(-1)[0] += 0.5
         torch.export.save(program, path)
     else:
         scripted = load_exported(path, fmt)
-        weight = next(v for k, v in scripted.state_dict().items() if "qkv.weight" in k)
+        weight = next(v for k, v in scripted.state_dict().items() if "head.fc.weight" in k)
         with torch.no_grad():
             weight.view(-1)[0] += 0.5
         scripted.save(str(path))
