@@ -248,9 +248,12 @@ def test_planted_links_at_a_runs_plan_and_initial_weights_are_replaced(tmp_path)
     elsewhere.mkdir()
     run.folder.mkdir(parents=True)
     other_plan = _plant_link(run.folder / "plan.json", elsewhere)
+    with pytest.raises(ConfigError, match="plan.json cannot be read as a run's plan .*; use another output or remove"):
+        run_ablation(config)
+    other_plan.write_text('{"seed": 99}')
     with pytest.raises(ConfigError, match="was run with other settings; use another output or remove it"):
         run_ablation(config)
-    assert other_plan.read_bytes() == b"someone else's file"
+    assert other_plan.read_text() == '{"seed": 99}'
     same_plan = elsewhere / "same-plan.json"
     same_plan.write_text(json.dumps(planning.plan_record(planning.train_config(config, run), run)))
     (run.folder / "plan.json").unlink()

@@ -263,7 +263,8 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
         (["ablate", "--tasks", "bogus", "--output", f"{out}/a1"], "unknown tasks ['bogus']"),
         (["ablate", "--contenders", "bogus", "--output", f"{out}/a2"], "unknown contenders ['bogus']"),
         (["ablate", "--output", a_file], "is a file, not a folder"),
-        (["ablate", "--report-only", "--output", f"{out}/a3"], "no finished runs"),
+        (["ablate", "--report-only", "--output", f"{out}/a3"],
+         f"no ablation in {out}/a3 to report; run it first (without --report-only)"),
         # a model built for one input size, given another
         (train("--img-size", "33"), "--img-size 33 differs from the img_size 16 of --model-kwargs"),
         (["bench", MODEL, *SHOW, "--img-size", "33"], "--img-size 33 differs from the img_size 64 of --model-kwargs"),

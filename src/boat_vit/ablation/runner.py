@@ -196,9 +196,15 @@ def _prepare(config: AblationConfig, run: Run, report_only: bool) -> Optional[Tr
     training = train_config(config, run)
     record = plan_record(training, run)
     plan_path = run.folder / PLAN_FILE
-    if plan_path.exists() and not same_plan(json.loads(plan_path.read_text()), record):
-        raise ConfigError(f"{run.folder} was run with other settings; use another ", Argument("output"),
-                          " or remove it")
+    if plan_path.exists():
+        try:
+            stored = json.loads(plan_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{plan_path} cannot be read as a run's plan ({error}); use another ",
+                              Argument("output"), " or remove it") from None
+        if not isinstance(stored, dict) or not same_plan(stored, record):
+            raise ConfigError(f"{run.folder} was run with other settings; use another ", Argument("output"),
+                              " or remove it")
     if (run.folder / SUMMARY_FILE).exists() or report_only:
         return None
     run.folder.mkdir(parents=True, exist_ok=True)
