@@ -33,6 +33,7 @@ from boat_vit.bench import (
     machine_line,
     markdown_table,
     peak_bytes,
+    report_path,
     resident_bytes,
     run_isolated,
     time_interleaved,
@@ -145,7 +146,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="retain", help=ALLOCATOR_HELP)
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--json", type=report_path, help="also write the results to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     allocator = use_allocator(args.allocator)

@@ -19,7 +19,7 @@ from pathlib import Path
 import timm
 import torch
 
-from boat_vit.bench import environment, machine_line, markdown_table, time_interleaved, write_json
+from boat_vit.bench import environment, machine_line, markdown_table, report_path, time_interleaved, write_json
 from boat_vit.export import export_model, load_exported, max_difference
 
 MODELS = {"boat_swin_t": "boat_swin_tiny_patch4_window7_224", "boat_cswin_t": "boat_cswin_tiny_224"}
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="PyTorch and onnxruntime")
-    parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--json", type=report_path, help="also write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [row for key in args.models

@@ -35,6 +35,7 @@ from boat_vit.bench import (
     machine_line,
     markdown_table,
     peak_bytes,
+    report_path,
     run_isolated,
     time_interleaved,
     use_allocator,
@@ -122,7 +123,7 @@ def main() -> None:
                         choices=["window", "growth", "global", "memory"], help="what to measure")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward")
     parser.add_argument("--repeats", type=int, default=15, help="timed pairs for the small cases")
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--json", type=report_path, help="also write the results to this JSON file")
     parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="retain", help=ALLOCATOR_HELP)
     args = parser.parse_args()

@@ -31,6 +31,7 @@ from boat_vit.bench import (
     environment,
     machine_line,
     markdown_table,
+    report_path,
     time_interleaved,
     use_allocator,
 )
@@ -126,7 +127,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--json", type=report_path, help="also write the rows to this JSON file")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="retain", help=ALLOCATOR_HELP)
     args = parser.parse_args()
     if args.threads:

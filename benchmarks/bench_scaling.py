@@ -40,6 +40,7 @@ from boat_vit.bench import (
     markdown_table,
     peak_bytes,
     release_freed_memory,
+    report_path,
     time_interleaved,
 )
 from boat_vit.files import atomic_write, write_json, write_text
@@ -178,7 +179,7 @@ def main() -> None:
                              f"{MAX_ROUNDS} rounds, about {MIN_SECONDS:g} s")
     parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice); 1 gives stable "
                                                      "numbers on a machine shared with other jobs")
-    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--json", type=report_path, help="also write the rows to this JSON file")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -22,6 +22,7 @@ from boat_vit.bench import (
     machine_line,
     markdown_table,
     peak_bytes,
+    report_path,
     resident_bytes,
     run_isolated,
     time_interleaved,
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per contender (default 5)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: PyTorch's choice)")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="retain", help=ALLOCATOR_HELP)
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--json", type=report_path, help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

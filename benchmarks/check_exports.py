@@ -3,7 +3,8 @@ the outcome: exit status, the time of every step, and the check's agreement with
 
 The weights are timm's initialisation (seed 0), written to a safetensors file per model and passed as
 ``--pretrained-file``, as a user would pass released weights. Every export runs in its own process; rows are
-appended to the table as they finish (``--output``), so a long run can be read while it goes on.
+added to the table as they finish (``--output``, rewritten whole after each row, earlier tables kept), so a
+long run can be read while it goes on.
 
 Usage: ``python benchmarks/check_exports.py [--models ...] [--formats ...] [--output exports.md]
 [--work-dir DIR]``. The B models take long on a small CPU: run it in the background.
@@ -21,7 +22,8 @@ import timm
 import torch
 
 import boat_vit  # noqa: F401  (registers the models)
-from boat_vit.files import save_safetensors
+from boat_vit.bench import report_path
+from boat_vit.files import save_safetensors, write_text
 from boat_vit.export import FORMATS
 
 MODELS = (
@@ -71,24 +73,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
-    parser.add_argument("--output", type=Path, default=Path("exports.md"), help="the table (appended to)")
+    parser.add_argument("--output", type=report_path, default="exports.md", help="the table (earlier tables kept)")
     parser.add_argument("--work-dir", type=Path, help="weights and exports (default: a temporary folder)")
     args = parser.parse_args()
+    # earlier tables are kept; the file is rewritten whole after every row (a link in its place is replaced)
+    table = args.output.read_text() if args.output.is_file() and not args.output.is_symlink() else ""
+    table += f"\n{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, torch {torch.__version__}\n\n" + HEADER
+    write_text(args.output, table)
     with tempfile.TemporaryDirectory() as temporary:
         folder = args.work_dir or Path(temporary)
         folder.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "a") as table:
-            table.write(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, torch {torch.__version__}\n\n"
-                        + HEADER)
-            table.flush()
-            for model_name in args.models:
-                weights = weights_file(model_name, folder)
-                for fmt in args.formats:
-                    row = export_row(model_name, fmt, weights, folder)
-                    table.write(row)
-                    table.flush()
-                    print(row, end="", flush=True)
-                weights.unlink()
+        for model_name in args.models:
+            weights = weights_file(model_name, folder)
+            for fmt in args.formats:
+                row = export_row(model_name, fmt, weights, folder)
+                table += row
+                write_text(args.output, table)
+                print(row, end="", flush=True)
+            weights.unlink()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from boat_vit.ablation import (
 from boat_vit.ablation import analysis, cost, design, planning, receptive_field, statistics
 from boat_vit.classification import TrainConfig
 from boat_vit.classification.tasks import generate_split, parse_task
+from boat_vit.errors import ConfigError
 from boat_vit.clustering import plan_groups
 
 SPLITS = "train_size=64,heldout_size=32"
@@ -207,8 +208,69 @@ def test_a_report_of_unfinished_runs_says_it_is_interim(finished, tmp_path):
 
 
 def test_report_only_without_runs_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="no ablation in"):
+    with pytest.raises(ConfigError, match=r"no ablation in .*none to report; run it first \(without report_only\)"):
         run_ablation(_config(tmp_path / "none"), report_only=True)
+
+
+def _plant_link(path, elsewhere):
+    """A symbolic link at ``path`` to a new file in ``elsewhere``; returns that file."""
+    target = elsewhere / f"{path.parent.name}-{path.name}"
+    target.write_bytes(b"someone else's file")
+    path.unlink(missing_ok=True)
+    path.symlink_to(target)
+    return target
+
+
+def test_planted_links_at_the_reports_pilot_and_examples_are_replaced(finished, tmp_path):
+    """Every file the report writes (results, plots, pilot.json, example pictures) replaces a link in its
+    place, dangling or not; the file a link points to is left as it was."""
+    import shutil
+
+    copy, elsewhere = tmp_path / "copy", tmp_path / "elsewhere"
+    shutil.copytree(finished[0], copy)
+    elsewhere.mkdir()
+    examples = sorted((copy / "examples").iterdir())[:2]
+    planted = [copy / name for name in ("results.csv", "results.md", "curves.png", "cost.png", "pilot.json")]
+    targets = [_plant_link(path, elsewhere) for path in (*planted, examples[0])]
+    examples[1].unlink()
+    examples[1].symlink_to(elsewhere / "nowhere.png")
+    run_ablation(_config(copy), report_only=True)
+    assert all(target.read_bytes() == b"someone else's file" for target in targets)
+    assert not (elsewhere / "nowhere.png").exists()
+    for path in (*planted, *examples):
+        assert not path.is_symlink() and path.stat().st_size > 0, path
+    for path in (copy / "results.csv", *examples):
+        assert path.read_bytes() == (finished[0] / path.relative_to(copy)).read_bytes(), path
+
+
+def test_planted_links_at_a_runs_plan_and_initial_weights_are_replaced(tmp_path):
+    """A run's plan.json and its initial weights replace a link in their place; a link to another plan is
+    refused in one line; the files the links point to are left as they were."""
+    task = AblationTask("far", FAR.spec, ("swin",), 1, 1)
+    config = _config(tmp_path / "ablation", tasks=(task,), pilot=None)
+    (run,), _ = planning.plan_runs(config)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run.folder.mkdir(parents=True)
+    other_plan = _plant_link(run.folder / "plan.json", elsewhere)
+    with pytest.raises(ConfigError, match="plan.json cannot be read as a run's plan .*; use another output or remove"):
+        run_ablation(config)
+    other_plan.write_text('{"seed": 99}')
+    with pytest.raises(ConfigError, match="was run with other settings; use another output or remove it"):
+        run_ablation(config)
+    assert other_plan.read_text() == '{"seed": 99}'
+    same_plan = elsewhere / "same-plan.json"
+    same_plan.write_text(json.dumps(planning.plan_record(planning.train_config(config, run), run)))
+    (run.folder / "plan.json").unlink()
+    (run.folder / "plan.json").symlink_to(same_plan)
+    run.init_file.parent.mkdir(parents=True)
+    init_target = _plant_link(run.init_file, elsewhere)
+    plan_text = same_plan.read_text()
+    rows, _, _ = run_ablation(config)
+    assert len(rows) == 1
+    assert same_plan.read_text() == plan_text and init_target.read_bytes() == b"someone else's file"
+    assert not (run.folder / "plan.json").is_symlink() and not run.init_file.is_symlink()
+    assert "patch_embed.proj.weight" in torch.load(run.init_file, weights_only=True)
 
 
 # ---- the design ----------------------------------------------------------------------------------------
@@ -473,7 +535,7 @@ def test_command_line_options(capsys, tmp_path):
     assert main(["ablate", "--design", "first", "--tasks", "far"]) == 2
     assert "unknown tasks ['far']; choose from ['pairs', 'control']" in capsys.readouterr().err
     assert main(["ablate", "--output", str(tmp_path / "none"), "--report-only"]) == 2
-    assert "no ablation in" in capsys.readouterr().err
+    assert "to report; run it first (without --report-only)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

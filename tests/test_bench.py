@@ -136,3 +136,20 @@ def test_retain_freed_memory_reuses_buffers_without_page_faults():
     pages = (64 << 20) // 4096
     assert int(_faults_of_a_recycled_buffer("glibc")) >= pages // 2  # default: unmapped on free, faulted again
     assert int(retained) < pages // 16
+
+
+def test_a_benchmark_report_is_checked_first_and_replaces_a_planted_link(tmp_path):
+    """``report_path`` (a benchmark's ``--json``/``--output``) refuses a missing folder before the work; the
+    report written there replaces a link in its place, never what the link points to."""
+    import argparse
+
+    from boat_vit.bench import report_path, write_json
+
+    with pytest.raises(argparse.ArgumentTypeError, match=f"the folder {tmp_path / 'missing'} does not exist"):
+        report_path(str(tmp_path / "missing" / "rows.json"))
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"the user's own file")
+    (tmp_path / "rows.json").symlink_to(precious)
+    write_json(dict(rows=[1, 2]), report_path(str(tmp_path / "rows.json")))
+    assert precious.read_bytes() == b"the user's own file"
+    assert not (tmp_path / "rows.json").is_symlink() and json.loads((tmp_path / "rows.json").read_text()) == dict(rows=[1, 2])

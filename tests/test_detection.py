@@ -2,6 +2,7 @@
 COCOeval scores against hand-computed AP, prediction pictures and results, the digit-det task."""
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -553,6 +554,20 @@ def test_predict_writes_pictures_and_coco_results_and_keeps_existing_outputs(tmp
         predict_images(Fixed(), categories, images, tmp_path / "out")
     predict_images(Fixed(), categories, images, tmp_path / "out", overwrite=True)
 
+    # planted links (one dangling) at a picture and at the results: refused, then replaced, never followed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_bytes(b"the user's own file")
+    links = [tmp_path / "linked" / f"x_photo{PICTURE_SUFFIX}", tmp_path / "linked" / RESULTS_FILE]
+    links[0].parent.mkdir()
+    links[0].symlink_to(elsewhere / "precious")
+    links[1].symlink_to(elsewhere / "nowhere.json")
+    with pytest.raises(FileExistsError, match=f"x_photo{PICTURE_SUFFIX} exists .and 1 more outputs."):
+        predict_images(Fixed(), categories, images, tmp_path / "linked")
+    predict_images(Fixed(), categories, images, tmp_path / "linked", overwrite=True)
+    assert os.listdir(elsewhere) == ["precious"] and (elsewhere / "precious").read_bytes() == b"the user's own file"
+    assert not any(link.is_symlink() for link in links) and json.loads(links[1].read_text()) == results
+
 
 def test_prediction_names_never_collide(tmp_path):
     for folder in ("a", "b"):
@@ -748,6 +763,24 @@ def test_det_eval_keeps_existing_outputs_and_checks_categories(trained, tmp_path
     assert cli_main([*args, "--data", str(split.annotations.parents[1])]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has categories ['cat', 'dog'], the model was trained on ['0', '1'," in err
+
+
+@pytest.mark.parametrize("option", ["--json", "--results"])
+def test_det_eval_replaces_a_planted_link_and_checks_its_folder_first(option, trained, tmp_path, capsys):
+    args = ["det-eval", "--checkpoint", str(trained / "best.pth"), "--workers", "0", "--data", TINY_TASK]
+    missing = tmp_path / "missing" / "out.json"
+    assert cli_main([*args, option, str(missing)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == f"boat-vit det-eval: error: {option} {missing}: the folder {missing.parent} " \
+                                        "does not exist"
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"the user's own file")
+    (tmp_path / "out.json").symlink_to(precious)
+    assert cli_main([*args, option, str(tmp_path / "out.json")]) == 2
+    assert f"{option} {tmp_path / 'out.json'} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert cli_main([*args, option, str(tmp_path / "out.json"), "--overwrite"]) == 0
+    assert precious.read_bytes() == b"the user's own file"
+    assert not (tmp_path / "out.json").is_symlink() and json.loads((tmp_path / "out.json").read_text()) is not None
 
 
 def test_det_predict_command(trained, data_cache, tmp_path, capsys):

@@ -18,15 +18,13 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import boat_vit  # noqa: F401  (registers the models)
+from boat_vit.errors import ConfigError, ExportMismatchError, OutputError, OutputExistsError
 from boat_vit.export import (
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
     FORMATS,
     MAX_OPSET,
     MIN_OPSET,
-    ExportMismatchError,
-    ModelInputError,
-    OutputExistsError,
     check_export,
     compare_outputs,
     export_model,
@@ -224,7 +222,8 @@ def test_agreement_and_its_judgement():
         check_export(model, lambda images: model(images) * float("nan"), x)
     with pytest.raises(ExportMismatchError, match=r"shape \(4, 4\) != expected \(4, 5\)"):
         check_export(model, lambda images: model(images)[:, :4], x)
-    top = compare_outputs(logits, logits.flip(-1))
+    ranked = torch.arange(10.0).expand(4, 10)
+    top = compare_outputs(ranked, ranked.flip(-1))  # every ranking reversed: the top 5 become the last 5
     assert top.top1 == 0 and top.top5 == 0
     assert max_difference([torch.zeros(2), torch.ones(3)], [torch.zeros(2), torch.full((3,), 1.5)]) == 0.5
     with pytest.raises(ExportMismatchError, match="expected 2 outputs, got 1"):
@@ -232,24 +231,25 @@ def test_agreement_and_its_judgement():
 
 
 def _corrupt(path, fmt: str) -> None:
-    """Adds 0.5 to one element of the first attention projection's weight inside an exported file."""
+    """Adds 0.5 to one element of the classifier's weight inside an exported file (every image's logits move)."""
     if fmt == "onnx":
         from onnx import numpy_helper
 
         graph = onnx.load(str(path))
-        tensor = next(t for t in graph.graph.initializer if "qkv.weight" in t.name)
+        tensor = next(t for t in graph.graph.initializer if "head.fc.weight" in t.name)
         values = numpy_helper.to_array(tensor).copy()
         values.flat[0] += 0.5
         tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
         onnx.save(graph, str(path))
     elif fmt == "exported-program":
         program = torch.export.load(path)
-        weight = next(v for k, v in program.state_dict.items() if "qkv.weight" in k)
-        weight.view(-1)[0] += 0.5
+        weight = next(v for k, v in program.state_dict.items() if "head.fc.weight" in k)
+        with torch.no_grad():
+            weight.view(-1)[0] += 0.5
         torch.export.save(program, path)
     else:
         scripted = load_exported(path, fmt)
-        weight = next(v for k, v in scripted.state_dict().items() if "qkv.weight" in k)
+        weight = next(v for k, v in scripted.state_dict().items() if "head.fc.weight" in k)
         with torch.no_grad():
             weight.view(-1)[0] += 0.5
         scripted.save(str(path))
@@ -285,7 +285,7 @@ def test_export_argument_errors(tmp_path):
         load_exported(tmp_path / "m", "tflite")
     with pytest.raises(ValueError, match="eval-mode"):
         export_model(model.train(), "onnx", tmp_path / "m.onnx", images(1))
-    with pytest.raises(ModelInputError, match=r"the model fails on the check inputs \(1, 3, 2, 2\)"):
+    with pytest.raises(ConfigError, match=r"the model does not run on 2x2 images \(check inputs \(1, 3, 2, 2\)\)"):
         export_model(model.eval(), "torchscript", tmp_path / "m.pt", images(1, 2, 2))
     assert not any(tmp_path.iterdir())
 
@@ -294,10 +294,10 @@ def test_an_existing_output_is_kept_unless_overwrite(tmp_path):
     model = small(CSWIN)
     kept = tmp_path / "model.pt"
     kept.write_bytes(b"the user's file")
-    with pytest.raises(OutputExistsError, match="model.pt exists; overwrite=True replaces it"):
+    with pytest.raises(OutputExistsError, match=r"path='.*model.pt' exists; pass overwrite=True to replace it"):
         export_model(model, "torchscript", kept, images(1))
     assert kept.read_bytes() == b"the user's file"
-    with pytest.raises(ValueError, match="output folder .*missing does not exist"):
+    with pytest.raises(OutputError, match="the folder .*missing does not exist"):
         export_model(model, "torchscript", tmp_path / "missing" / "model.pt", images(1))
     export_model(model, "torchscript", kept, images(1), overwrite=True)
     assert check_export(model, load_exported(kept, "torchscript"), [images(2)], tolerance=1e-30).largest == 0.0
@@ -475,3 +475,17 @@ def test_export_command_interrupted_after_the_write_exits_130_and_keeps_no_file(
     assert done.returncode == 130 and "save: " in done.stdout, done.stderr
     assert done.stderr.strip() == "boat-vit export: interrupted"
     assert not any(tmp_path.iterdir())
+
+
+def test_export_to_a_full_disk_is_one_line_naming_the_output(trained_tiny, tmp_path):
+    """The save step on a full disk: one line that names the output (not the staging folder), nothing left."""
+    from test_reliability import _in_a_mount_namespace
+
+    command = " ".join(f"'{a}'" for a in [sys.executable, "-m", "boat_vit", "export", SWIN, "--checkpoint",
+                                           str(trained_tiny), "--format", "torchscript", "--output", "full/model.pt"])
+    result = _in_a_mount_namespace(f"mkdir full && mount -t tmpfs -o size=16k tmpfs full && "
+                                   f"{{ {command} && echo status 0 || echo status $?; }} && ls -A full", tmp_path)
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "status 2", result.stderr[-2000:]  # and nothing in the folder (ls -A lists nothing)
+    assert result.stderr.strip().splitlines() == ["boat-vit export: error: [Errno 28] No space left on device: "
+                                                  "'full/model.pt'"]

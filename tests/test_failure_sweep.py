@@ -248,7 +248,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
          "needs its weights (--pretrained-file or --pretrained)"),
         (["export", "boat_nano", "--format", "onnx", "--output", f"{out}/e5.onnx"], "unknown model 'boat_nano'"),
         (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--output", f"{out}/none/e6.onnx"],
-         "output folder"),
+         f"--output {out}/none/e6.onnx: the folder {out}/none does not exist"),
         (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--output", a_file], "exists; pass --overwrite"),
         (["export", MODEL, "--format", "onnx", "--checkpoint", cls_run, "--opset", "12", "--output", f"{out}/e7.onnx"],
          "argument --opset: ONNX opset must be between 18 and 22, got 12"),
@@ -263,7 +263,8 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
         (["ablate", "--tasks", "bogus", "--output", f"{out}/a1"], "unknown tasks ['bogus']"),
         (["ablate", "--contenders", "bogus", "--output", f"{out}/a2"], "unknown contenders ['bogus']"),
         (["ablate", "--output", a_file], "is a file, not a folder"),
-        (["ablate", "--report-only", "--output", f"{out}/a3"], "no finished runs"),
+        (["ablate", "--report-only", "--output", f"{out}/a3"],
+         f"no ablation in {out}/a3 to report; run it first (without --report-only)"),
         # a model built for one input size, given another
         (train("--img-size", "33"), "--img-size 33 differs from the img_size 16 of --model-kwargs"),
         (["bench", MODEL, *SHOW, "--img-size", "33"], "--img-size 33 differs from the img_size 64 of --model-kwargs"),
@@ -291,7 +292,7 @@ def _argument_probes(data: dict[str, Path], runs: dict[str, Path]) -> list[tuple
     ]
 
 
-ARGUMENT_PROBES = 119
+ARGUMENT_PROBES = 116
 
 
 def test_the_argument_sweep_covers_every_command(probe_data, runs):
@@ -487,6 +488,8 @@ def _writers(data: dict[str, Path], runs: dict[str, Path]) -> dict[str, tuple[li
                                    "groups.png"),
         "convert": (["convert", str(runs["cls"]), "{DIR}/weights.safetensors", "--model", MODEL, "--model-kwargs",
                      json.dumps(dict(TINY_KWARGS, num_classes=2))], "weights.safetensors"),
+        "export --output": (["export", MODEL, "--format", "torchscript", "--checkpoint", str(runs["cls"]), "--output",
+                             "{DIR}/model.pt", "--check-images", "2"], "model.pt"),
     }
 
 

@@ -108,10 +108,46 @@ def test_an_existing_folder_is_kept_unless_overwrite(run, tmp_path, capsys):
     (out / "mine.txt").write_text("keep me")
     assert cli_main(["convert", str(run / "best.pth"), "--hub-dir", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"boat-vit convert: error: output exists (pass --overwrite to replace it): {out}"
+    assert err == f"boat-vit convert: error: --hub-dir {out} exists; pass --overwrite to replace it"
     assert (out / "mine.txt").read_text() == "keep me"
     assert cli_main(["convert", str(run / "best.pth"), "--hub-dir", str(out), "--overwrite"]) == 0
     assert sorted(os.listdir(out)) == HUB_FILES and sorted(os.listdir(tmp_path)) == ["hub"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_planted_link_at_the_hub_folder_is_replaced_never_followed(kind, run, tmp_path, capsys):
+    """A link at ``--hub-dir`` to a folder or file elsewhere: refused in one line without --overwrite, replaced
+    by the hub folder with it; what it points to is left as it was."""
+    elsewhere = tmp_path / "elsewhere"
+    if kind == "folder":
+        elsewhere.mkdir()
+        (elsewhere / "config.json").write_text("someone else's folder")
+    else:
+        elsewhere.write_text("someone else's file")
+    out = tmp_path / "hub"
+    out.symlink_to(elsewhere)
+    assert cli_main(["convert", str(run / "best.pth"), "--hub-dir", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"boat-vit convert: error: --hub-dir {out} exists; pass --overwrite to " \
+                                              "replace it"
+    assert cli_main(["convert", str(run / "best.pth"), "--hub-dir", str(out), "--overwrite"]) == 0
+    assert not out.is_symlink() and sorted(os.listdir(out)) == HUB_FILES
+    assert sorted(os.listdir(tmp_path)) == ["elsewhere", "hub"]
+    if kind == "folder":
+        assert os.listdir(elsewhere) == ["config.json"]
+        assert (elsewhere / "config.json").read_text() == "someone else's folder"
+    else:
+        assert elsewhere.read_text() == "someone else's file"
+
+
+def test_a_hub_folder_is_checked_before_the_work(run, tmp_path, capsys):
+    out = tmp_path / "missing" / "hub"
+    assert cli_main(["convert", str(run / "best.pth"), "--hub-dir", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"boat-vit convert: error: --hub-dir {out}: the folder {out.parent} "
+                                               "does not exist")
+    (tmp_path / "file").write_text("a file")
+    assert cli_main(["convert", str(run / "best.pth"), "--hub-dir", str(tmp_path / "file"), "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip().endswith("file is a file; give a folder name")
+    assert (tmp_path / "file").read_text() == "a file"
 
 
 @pytest.mark.parametrize("args, message", [

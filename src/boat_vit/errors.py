@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DownloadError",
+    "ExportMismatchError",
     "NonFiniteLossError",
     "OutputError",
     "OutputExistsError",
@@ -96,6 +97,10 @@ class WeightsMismatchError(CheckpointError):
 
 class DownloadError(BoatVitError, OSError):
     """Weights that could not be downloaded: no network, a dead link, or a file that arrived incomplete."""
+
+
+class ExportMismatchError(BoatVitError, RuntimeError):
+    """An exported model that disagrees with eager PyTorch beyond the tolerances, or fails on a check input."""
 
 
 class OutputExistsError(BoatVitError, FileExistsError):

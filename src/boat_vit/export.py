@@ -40,7 +40,7 @@ grouping. So an export passes when the typical check image agrees to float round
 largest difference is within ``tolerance``) and every image within ``near_tie_tolerance``, the size of a few
 flipped groups; a wrong weight or a wrong operation moves every image and fails.
 """
-import errno
+import io
 import math
 import os
 import shutil
@@ -55,6 +55,9 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import torch
 import torch.nn as nn
+
+from .errors import Argument, ConfigError, ExportMismatchError, OutputExistsError, first_line
+from .files import check_output
 
 try:
     import fcntl
@@ -72,11 +75,8 @@ __all__ = [
     "Agreement",
     "ExportMismatchError",
     "ExportResult",
-    "ModelInputError",
-    "OutputExistsError",
     "check_export",
     "check_opset",
-    "check_output",
     "compare_outputs",
     "export_model",
     "judge_agreement",
@@ -112,42 +112,26 @@ PathLike = Union[str, "os.PathLike[str]"]
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
-class ExportMismatchError(RuntimeError):
-    """An exported model disagrees with eager PyTorch beyond the tolerances, or fails on a check input."""
-
-
-class OutputExistsError(FileExistsError):
-    """Something exists where an export would write, and ``overwrite`` is false."""
-
-    def __init__(self, path: Path):
-        super().__init__(f"output {path} exists; overwrite=True replaces it")
-        self.path = path
-
-
-class ModelInputError(ValueError):
-    """The model itself fails on the check inputs (e.g. an image size it cannot take)."""
-
-
 # ---- formats and their packages ------------------------------------------------------------------------
 
 
 def require_format(fmt: str) -> None:
-    """Raises ``ValueError`` for an unknown format or a format whose packages are not installed."""
+    """Raises :class:`~boat_vit.errors.ConfigError` for an unknown format or one whose packages are not installed."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         import importlib.util
 
         missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
         if missing:
-            raise ValueError(f"ONNX export needs {', '.join(ONNX_PACKAGES)}; missing: {', '.join(missing)} "
+            raise ConfigError(f"ONNX export needs {', '.join(ONNX_PACKAGES)}; missing: {', '.join(missing)} "
                              "(pip install 'boat-vit[export]')")
 
 
 def check_opset(opset: int) -> None:
-    """Raises ``ValueError`` unless ``MIN_OPSET <= opset <= MAX_OPSET``."""
+    """Raises :class:`~boat_vit.errors.ConfigError` unless ``MIN_OPSET <= opset <= MAX_OPSET``."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"ONNX opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
+        raise ConfigError(f"ONNX opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
 
 
 # ---- comparing an export with eager PyTorch --------------------------------------------------------------
@@ -280,17 +264,12 @@ def _named_inputs(inputs: Inputs) -> Dict[str, torch.Tensor]:
     return {f"batch {i}": batch for i, batch in enumerate(_as_list(inputs))}
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def _run_exported(exported: Callable[[torch.Tensor], Outputs], images: torch.Tensor) -> Outputs:
     try:
         return exported(images)
     except Exception as error:  # whatever the runtime raises: the export does not take the check input
         raise ExportMismatchError(f"the exported model fails on input {tuple(images.shape)}: "
-                                  f"{_first_line(error)}") from error
+                                  f"{first_line(error)}") from error
 
 
 def _pooled(agreements: Sequence[Agreement]) -> Agreement:
@@ -327,7 +306,7 @@ def check_export(
     """
     named = _named_inputs(inputs)
     if not named:
-        raise ValueError("no check inputs: give at least one batch")
+        raise ConfigError("no check inputs: give at least one batch")
     agreements = []
     with torch.no_grad():
         for name, images in named.items():
@@ -339,24 +318,6 @@ def check_export(
 
 
 # ---- writing -------------------------------------------------------------------------------------------
-
-
-def check_output(path: PathLike, overwrite: bool = False) -> Path:
-    """``path`` as a :class:`~pathlib.Path` if an export may write it: its folder exists and, unless
-    ``overwrite``, nothing is there (not even a link).
-
-    Raises:
-        OutputExistsError: Something exists at ``path`` and ``overwrite`` is false.
-        ValueError: The folder is missing, or ``path`` is a folder.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"output folder {path.parent} does not exist or is not a folder")
-    if path.is_dir():
-        raise ValueError(f"output {path} is a folder; give a file name")
-    if os.path.lexists(path) and not overwrite:
-        raise OutputExistsError(path)
-    return path
 
 
 def _lock(folder: Path) -> Optional[int]:
@@ -412,6 +373,17 @@ def _staging_folder(output: Path) -> Iterator[Path]:
             os.close(descriptor)
 
 
+@contextmanager
+def _errors_naming(path: Path) -> Iterator[None]:
+    """An operating-system error (a full disk) names ``path``, never a file of the staging folder."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
 def _publish(staged: Path, path: Path, overwrite: bool) -> None:
     """Moves the files of ``staged`` beside ``path`` (the main file last), flushed to disk first.
 
@@ -423,7 +395,7 @@ def _publish(staged: Path, path: Path, overwrite: bool) -> None:
     if not overwrite:
         for target in targets:
             if os.path.lexists(target):
-                raise OutputExistsError(target)
+                raise OutputExistsError(str(target), " exists; pass ", Argument("overwrite", True), " to replace it")
     for file, target in zip(files, targets):
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
@@ -437,11 +409,11 @@ _TRACERS = {"torchscript": "torch.jit.script", "exported-program": "torch.export
 
 
 def _failing_as_value_error(what: str, run: Callable[[], Any]) -> Any:
-    """``run()``; a failure (a model the tracer or converter cannot handle) as a one-line ``ValueError``."""
+    """``run()``; a failure (a model the tracer or converter cannot handle) as a one-line ``ConfigError``."""
     try:
         return run()
     except Exception as error:  # tracers and converters raise many kinds; all mean "this model cannot go this way"
-        raise ValueError(f"{what}: {_first_line(error)}") from error
+        raise ConfigError(f"{what}: {first_line(error)}") from error
 
 
 def _trace(model: nn.Module, fmt: str, example: torch.Tensor, dynamic_batch: bool):
@@ -487,14 +459,23 @@ def _convert_onnx(program: torch.export.ExportedProgram, opset: int):
 
 
 def _save(artifact, fmt: str, path: Path) -> None:
-    if fmt == "torchscript":
-        artifact.save(str(path))
-    elif fmt == "exported-program":
-        torch.export.save(artifact, path)
-    else:
+    """Writes ``artifact`` to ``path``. TorchScript and exported programs are serialised in memory first: PyTorch's
+    archive writer ends the process (``std::terminate``) when a write to a file fails (a full disk); Python's
+    write raises an ``OSError`` instead."""
+    if fmt == "onnx":
         weight_bytes = sum(t.const_value.nbytes for t in artifact.model.graph.initializers.values()
                            if t.const_value is not None)
         artifact.save(path, external_data=weight_bytes > ONNX_FILE_LIMIT_BYTES)
+        return
+    buffer = io.BytesIO()
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(artifact, buffer)
+    else:
+        torch.export.save(artifact, buffer)
+    with open(path, "xb") as file:  # a new file in the private staging folder
+        file.write(buffer.getbuffer())
 
 
 def load_exported(path: PathLike, fmt: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], Outputs]:
@@ -599,28 +580,30 @@ def export_model(
         The published path, the agreement on each batch of check inputs, the time of each step.
 
     Raises:
-        ValueError: Unknown or unavailable format, a model in training mode, an opset out of range, a missing
-            output folder, a model that torch.export, TorchScript or the ONNX exporter cannot handle.
-        ModelInputError: The model fails on the check inputs.
+        ConfigError: Unknown or unavailable format, a model in training mode, an opset out of range, a model
+            that fails on the check inputs or that torch.export, TorchScript or the ONNX exporter cannot handle.
+        OutputError: The output folder is missing or not writable, or ``path`` is a folder.
         OutputExistsError: ``path`` exists and ``overwrite`` is false.
         ExportMismatchError: The reloaded export fails the check; nothing is written.
     """
     require_format(fmt)
     if model.training:
-        raise ValueError("export an eval-mode model: call model.eval() first")
+        raise ConfigError("export an eval-mode model: call model.eval() first")
     if fmt == "onnx":
         check_opset(opset)
-    path = check_output(path, overwrite)
+    path = check_output(path, overwrite, argument="path")
     inputs = _named_inputs(example if check_inputs is None else check_inputs)
     if not inputs:
-        raise ValueError("no check inputs: give at least one batch")
+        raise ConfigError("no check inputs: give at least one batch")
     step = _Steps(on_step)
     with step("eager"), torch.no_grad():
         try:
             expected = {name: model(images) for name, images in inputs.items()}
         except Exception as error:  # what the model raises for an input it cannot take
+            sizes = ", ".join(sorted({f"{images.shape[-2]}x{images.shape[-1]}" for images in inputs.values()}))
             shapes = ", ".join(str(tuple(images.shape)) for images in inputs.values())
-            raise ModelInputError(f"the model fails on the check inputs {shapes}: {_first_line(error)}") from error
+            raise ConfigError(f"the model does not run on {sizes} images (check inputs {shapes}): "
+                              f"{first_line(error)}") from error
     with _staging_folder(path) as staging:
         staged = staging / path.name
         with step("trace"):
@@ -631,12 +614,14 @@ def export_model(
                 artifact = _failing_as_value_error(f"the ONNX exporter (opset {opset}) cannot convert the model",
                                                    lambda: _convert_onnx(artifact, opset))
         with step("save", lambda: f"{sum(f.stat().st_size for f in staging.iterdir()) / 2**20:.1f} MiB"):
-            _save(artifact, fmt, staged)
+            with _errors_naming(path):
+                _save(artifact, fmt, staged)
         del artifact
         with step("reload"):
             exported = load_exported(staged, fmt, threads=torch.get_num_threads())
         agreements: List[Agreement] = []
         with step("check", lambda: agreements[0].summary(tolerance)):
             agreements.append(check_export(expected, exported, inputs, tolerance, near_tie_tolerance))
-        _publish(staging, path, overwrite)
+        with _errors_naming(path):
+            _publish(staging, path, overwrite)
     return ExportResult(path, agreements[0], step.seconds)

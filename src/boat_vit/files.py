@@ -22,7 +22,7 @@ through a planted link), flushes it to disk and renames it over the target: a re
 the new one, never half of one. New files get the permissions of the process's umask. :func:`check_output`
 says before any work whether a file may be written: its folder exists and takes files, and nothing is in
 its place unless replacing it was asked for (a symbolic link counts: it is replaced, never followed). :func:`atomic_folder`
-does the same for a folder of files.
+and :func:`check_output_folder` do the same for a folder of files.
 """
 import argparse
 import json
@@ -54,6 +54,7 @@ __all__ = [
     "atomic_folder",
     "atomic_write",
     "check_output",
+    "check_output_folder",
     "read_checkpoint",
     "save_safetensors",
     "save_torch",
@@ -302,6 +303,23 @@ def write_json(path: PathLike, value: Any) -> Path:
     return write_text(path, json.dumps(value, indent=2, default=str))
 
 
+def _named(path: Path, argument: Optional[str]) -> Sequence[MessagePart]:
+    """How a message names an output: the argument that gave it with its value, or the path alone."""
+    return (Argument(argument, str(path)),) if argument else (str(path),)
+
+
+def _check_folder_takes_entries(folder: Path, named: Sequence[MessagePart]) -> None:
+    """Raises :class:`~boat_vit.errors.OutputError` unless ``folder`` exists and a new entry can be made in it."""
+    if not folder.is_dir():
+        raise OutputError(*named, f": the folder {folder} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=WRITE_CHECK_PREFIX, suffix=TEMPORARY_SUFFIX)
+    except OSError as error:
+        raise OutputError(*named, f": cannot write to {folder}: {error.strerror or error}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_output(path: PathLike, overwrite: bool = False, argument: Optional[str] = None) -> Path:
     """``path`` as a :class:`~pathlib.Path` if a file may be written there: to check before the work.
 
@@ -318,18 +336,37 @@ def check_output(path: PathLike, overwrite: bool = False, argument: Optional[str
         OutputError: the folder is missing or cannot be written, or ``path`` is a folder.
     """
     path = Path(path)
-    named: Sequence[MessagePart] = (Argument(argument, str(path)),) if argument else (str(path),)
-    folder = path.parent
-    if not folder.is_dir():
-        raise OutputError(*named, f": the folder {folder} does not exist")
-    if path.is_dir():
+    named = _named(path, argument)
+    if path.is_dir() and not path.is_symlink():
         raise OutputError(*named, " is a folder; give a file name")
     if os.path.lexists(path) and not overwrite:
         raise OutputExistsError(*named, " exists; pass ", Argument("overwrite", True), " to replace it")
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=WRITE_CHECK_PREFIX, suffix=TEMPORARY_SUFFIX)
-    except OSError as error:
-        raise OutputError(*named, f": cannot write to {folder}: {error.strerror or error}") from None
-    os.close(fd)
-    os.unlink(probe)
+    _check_folder_takes_entries(path.parent, named)
+    return path
+
+
+def check_output_folder(path: PathLike, overwrite: bool = False, argument: Optional[str] = None) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if :func:`atomic_folder` may write a folder there: to check before
+    the work.
+
+    Its parent folder must exist and take new entries, no file may be in its place and, unless ``overwrite``,
+    nothing at all (a symbolic link counts: :func:`atomic_folder` replaces the link itself, never what it
+    points to).
+
+    Args:
+        path: The folder to write.
+        overwrite: An existing folder (or link) may be replaced.
+        argument: The argument that gave ``path``, named in messages (``None``: the path alone).
+
+    Raises:
+        OutputExistsError: something is at ``path`` and ``overwrite`` is false.
+        OutputError: the parent folder is missing or cannot be written, or ``path`` is a file.
+    """
+    path = Path(path)
+    named = _named(path, argument)
+    if path.is_file() and not path.is_symlink():
+        raise OutputError(*named, " is a file; give a folder name")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExistsError(*named, " exists; pass ", Argument("overwrite", True), " to replace it")
+    _check_folder_takes_entries(path.parent, named)
     return path

@@ -23,8 +23,7 @@ from timm.models._hub import generate_readme
 from .bench import count_macs
 from .classification import classifier_from_run
 from .engine import RunCheckpoint
-from .errors import Argument, OutputExistsError
-from .files import PathLike, atomic_folder, write_text
+from .files import PathLike, atomic_folder, check_output_folder, write_text
 from .models import create_model, weights_filter
 from .models._metadata import BOAT_CITATION, BOAT_PAPER_CFG
 from .weights import load_whole_model
@@ -36,11 +35,6 @@ UNKNOWN_LICENSE = "other"  # the Hub's licence tag where none is known
 MILLION, BILLION = 1e6, 1e9
 SMALL_FIGURE = 0.01  # parameters (M) and GMACs below it are shown with significant digits
 ARXIV_ABSTRACTS = "https://arxiv.org/abs/"
-
-
-def _check_free(folder: Path, overwrite: bool) -> None:
-    if folder.exists() and not overwrite:
-        raise OutputExistsError("output exists (pass ", Argument("overwrite", True), f" to replace it): {folder}")
 
 
 def _figure(value: float) -> str:
@@ -92,11 +86,11 @@ def write_hub_folder(
         overwrite: Replace an existing ``folder``.
 
     Raises:
-        OutputExistsError: ``folder`` exists and ``overwrite`` is false.
-        OSError: the folder cannot be written (its parent must exist).
+        OutputExistsError: ``folder`` exists (a link counts) and ``overwrite`` is false.
+        OutputError: ``folder``'s parent is missing or not writable, or a file is in its place.
+        OSError: the folder cannot be written (a full disk).
     """
-    folder = Path(folder)
-    _check_free(folder, overwrite)
+    folder = check_output_folder(folder, overwrite, argument="folder")  # before the work
     model = model.eval()
     cfg = dict(model.pretrained_cfg)
     data = resolve_model_data_config(model, args=data_config)
@@ -153,11 +147,11 @@ def hub_folder_from_weights(
         overwrite: Replace an existing ``folder``.
 
     Raises:
-        OutputExistsError: ``folder`` exists and ``overwrite`` is false.
+        OutputExistsError: ``folder`` exists (a link counts) and ``overwrite`` is false.
+        OutputError: ``folder``'s parent is missing or not writable, or a file is in its place.
         WeightsMismatchError: the file does not fit the model exactly.
     """
-    folder = Path(folder)
-    _check_free(folder, overwrite)
+    folder = check_output_folder(folder, overwrite, argument="folder")  # before the work
     model = create_model(model_name, **(model_kwargs or {}))
     used_key = load_whole_model(model, src, weights_filter(model), key=key)
     entry = f" (entry {used_key!r})" if used_key else ""
@@ -176,11 +170,11 @@ def hub_folder_from_run(checkpoint: PathLike, folder: PathLike, *, use_ema: bool
         overwrite: Replace an existing ``folder``.
 
     Raises:
-        OutputExistsError: ``folder`` exists and ``overwrite`` is false.
+        OutputExistsError: ``folder`` exists (a link counts) and ``overwrite`` is false.
+        OutputError: ``folder``'s parent is missing or not writable, or a file is in its place.
         CheckpointError: not a classification run checkpoint (or no EMA weights with ``use_ema``).
     """
-    folder = Path(folder)
-    _check_free(folder, overwrite)
+    folder = check_output_folder(folder, overwrite, argument="folder")  # before the work
     run = RunCheckpoint.read(checkpoint, task="classification")
     model, class_names, data_config = classifier_from_run(run, use_ema)
     rows = run.state.get("metrics") or []

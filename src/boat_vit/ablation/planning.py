@@ -145,8 +145,9 @@ def same_plan(stored: dict, record: dict) -> bool:
 
 
 def write_init(run: Run) -> None:
-    """The baseline's seeded initial weights (written once per task, family and seed)."""
-    if run.init_file is None or run.init_file.exists():
+    """The baseline's seeded initial weights (written once per task, family and seed; a symbolic link in their
+    place is replaced, never read or written through)."""
+    if run.init_file is None or (run.init_file.exists() and not run.init_file.is_symlink()):
         return
     seed_everything(run.seed)
     model = build_model(CONTENDERS[run.contender].family, run.init_kwargs, len(parse_task(run.task.spec).classes))
@@ -156,7 +157,8 @@ def write_init(run: Run) -> None:
 
 
 def write_examples(config: AblationConfig) -> None:
-    """A few held-out images per task (``examples/TASK-INDEX-LABEL.png``), for ``boat-vit show-clusters``."""
+    """A few held-out images per task (``examples/TASK-INDEX-LABEL.png``), for ``boat-vit show-clusters``
+    (written once; a symbolic link in a picture's place is replaced, never followed)."""
     from PIL import Image
 
     folder = Path(config.output) / EXAMPLES_FOLDER
@@ -167,6 +169,6 @@ def write_examples(config: AblationConfig) -> None:
         for index in range(min(NUM_EXAMPLES, len(held_out.targets))):
             label = task_config.classes[held_out.targets[index]]
             path = folder / f"{task.key}-{index}-{label}.png"
-            if not path.exists():
+            if path.is_symlink() or not path.exists():
                 image = Image.fromarray(held_out.images[index])
                 atomic_write(path, lambda file, image=image: image.save(file, format="PNG"))

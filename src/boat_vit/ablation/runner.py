@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..errors import Argument, ConfigError, OutputError
 from ..files import atomic_write
 from ..classification import TrainConfig, train_classifier
 from ..classification.tasks import parse_task
@@ -169,9 +170,9 @@ def run_ablation(config: AblationConfig, report_only: bool = False) -> tuple[lis
     config.check()
     output = Path(config.output)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"ablation output {output} is a file, not a folder")
+        raise OutputError(f"ablation output {output} is a file, not a folder")
     if report_only and not output.is_dir():
-        raise ValueError(f"no ablation in {output} to report; run it first (without --report-only)")
+        raise ConfigError(f"no ablation in {output} to report; run it first (without ", Argument("report_only"), ")")
     torch.set_num_threads(config.threads)
     pilot = None
     if config.pilot is not None:
@@ -184,7 +185,8 @@ def run_ablation(config: AblationConfig, report_only: bool = False) -> tuple[lis
             raise
     runs, costs = plan_runs(config)
     if report_only and not any((run.folder / SUMMARY_FILE).exists() for run in runs):
-        raise ValueError(f"no finished runs of this ablation in {output} to report; run it first (without --report-only)")
+        raise ConfigError(f"no finished runs of this ablation in {output} to report; run it first (without ",
+                          Argument("report_only"), ")")
     output.mkdir(parents=True, exist_ok=True)
     write_examples(config)
     _execute(config, runs, report_only)
@@ -198,8 +200,15 @@ def _prepare(config: AblationConfig, run: Run, report_only: bool) -> Optional[Tr
     training = train_config(config, run)
     record = plan_record(training, run)
     plan_path = run.folder / PLAN_FILE
-    if plan_path.exists() and not same_plan(json.loads(plan_path.read_text()), record):
-        raise ValueError(f"{run.folder} was run with other settings; use another --output or remove it")
+    if plan_path.exists():
+        try:
+            stored = json.loads(plan_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{plan_path} cannot be read as a run's plan ({error}); use another ",
+                              Argument("output"), " or remove it") from None
+        if not isinstance(stored, dict) or not same_plan(stored, record):
+            raise ConfigError(f"{run.folder} was run with other settings; use another ", Argument("output"),
+                              " or remove it")
     if (run.folder / SUMMARY_FILE).exists() or report_only:
         return None
     run.folder.mkdir(parents=True, exist_ok=True)

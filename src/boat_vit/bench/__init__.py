@@ -15,7 +15,7 @@ from .memory import (
     use_allocator,
 )
 from .models import DTYPES, MODEL_COLUMNS, BenchConfig, benchmark_models, describe, model_table
-from .report import Column, environment, machine_line, markdown_table, write_csv, write_json
+from .report import Column, environment, machine_line, markdown_table, report_path, write_csv, write_json
 from .timing import Timings, time_interleaved
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "model_table",
     "peak_bytes",
     "release_freed_memory",
+    "report_path",
     "reset_peak_resident",
     "resident_bytes",
     "retain_freed_memory",

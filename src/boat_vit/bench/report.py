@@ -1,4 +1,5 @@
 """Where and when figures were measured, and the figures as markdown, CSV and JSON."""
+import argparse
 import csv
 import datetime
 import io
@@ -13,7 +14,7 @@ import torch
 from .. import files
 from ..files import PathLike
 
-__all__ = ["Column", "environment", "machine_line", "markdown_table", "write_csv", "write_json"]
+__all__ = ["Column", "environment", "machine_line", "markdown_table", "report_path", "write_csv", "write_json"]
 
 # (row key, heading, format) of a table column; a format may be a callable
 Column = tuple[str, str, Any]
@@ -72,3 +73,13 @@ def write_csv(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
 def write_json(document: dict[str, Any], path: PathLike) -> Path:
     """``document`` as indented JSON; written atomically."""
     return files.write_json(path, document)
+
+
+def report_path(text: str) -> Path:
+    """A report file named on a benchmark's command line (``argparse`` ``type=``), checked before the work: its
+    folder exists and takes files. A benchmark's report replaces an earlier one (a link in its place is replaced,
+    never followed)."""
+    try:
+        return files.check_output(text, overwrite=True)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

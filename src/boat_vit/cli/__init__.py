@@ -18,14 +18,13 @@ from .._startup import COMMAND, INTERRUPTED, quiet_interrupt
 with quiet_interrupt():  # the commands import torch, timm, smp: seconds in which Ctrl-C must be quiet too
     from ..engine import NonFiniteLossError
     from ..errors import BoatVitError
-    from ..export import ExportMismatchError
     from . import classification, detection, segmentation, tools
     from .options import USAGE_ERROR, flag_spelling
 
 __all__ = ["USAGE_ERROR", "build_parser", "main"]
 
 # What a command raises for bad input or a run that cannot go on; anything else is a bug and keeps its traceback.
-USER_ERRORS = (OSError, ValueError, NonFiniteLossError, ExportMismatchError)
+USER_ERRORS = (OSError, ValueError, NonFiniteLossError)
 # torch's notes on idioms of timm's position-table resampling (weights of another window size, a resized Swin):
 # they concern timm, and would come before a command's one line
 TIMM_RESAMPLING_WARNINGS = ("Using a non-tuple sequence for multidimensional indexing",

@@ -3,6 +3,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 from ..det import evaluate_detection, format_scores, load_detector, predict_images
@@ -10,8 +11,8 @@ from ..det.data import CocoDetection, resolve_coco_split
 from ..det.recipes import PRESETS, DetTrainConfig, resolve_det_config
 from ..det.train import data_root, train_detector
 from ..engine import amp_dtype_for
-from ..errors import Argument, OutputExistsError
-from ..files import write_text
+from ..errors import Argument, ConfigError
+from ..files import check_output, write_text
 from .options import (
     add_backbone_arguments,
     add_model_runtime_arguments,
@@ -99,10 +100,13 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
     with distributed_command(args) as world:
-        outputs = [Path(path) for path in (args.json, args.results) if path]
-        existing = [str(path) for path in outputs if path.exists()]
-        if existing and not args.overwrite:
-            raise OutputExistsError(f"{existing[0]} exists; pass ", Argument("overwrite", True), " to replace it")
+        reports = {argument: getattr(args, argument) for argument in ("json", "results") if getattr(args, argument)}
+        if len(set(map(os.path.abspath, reports.values()))) < len(reports):
+            raise ConfigError(Argument("json", args.json), " and ", Argument("results", args.results),
+                              " are the same file")
+        if world.is_main:
+            for argument, path in reports.items():
+                check_output(path, args.overwrite, argument)  # before the work
         detector = load_detector(args.checkpoint, world.device)
         split = resolve_coco_split(data_root(args.data, world), args.split)
         dataset = CocoDetection(split, masks=detector.has_masks, categories=detector.categories)

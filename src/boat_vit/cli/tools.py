@@ -14,7 +14,7 @@ from .. import hub, visualize
 from ..classification import load_classifier
 from ..classification.evaluate import eval_transform_for
 from ..engine import default_device, set_threads
-from ..errors import Argument, ConfigError
+from ..errors import Argument, ConfigError, first_line
 from ..files import check_output
 from ..models import create_model, weights_filter
 from ..weights import convert_checkpoint
@@ -138,37 +138,31 @@ def _run_export(args: argparse.Namespace) -> int:
     import torch
 
     set_threads(args.threads)
-    try:
-        export_api.require_format(args.format)
-        export_api.check_output(args.output, args.overwrite)  # before the model is loaded and exported
-        if args.checkpoint:
-            model, _, data_config = load_classifier(args.checkpoint, weights=args.pretrained_file, use_ema=args.ema,
-                                                        pretrained=args.pretrained)
-            if args.model != model.pretrained_cfg.get("architecture", args.model):
-                raise ValueError(f"{args.checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {args.model}")
-        else:
-            model, _, data_config = load_classifier(model_name=args.model, weights=args.pretrained_file,
-                                                        pretrained=args.pretrained)
-        size = tuple(args.img_size) if args.img_size else tuple(data_config["input_size"][1:])
-        size = (size[0], size[-1])
-        if size != tuple(data_config["input_size"][1:]) and hasattr(model, "set_input_size"):
-            try:
-                model.set_input_size(img_size=size)  # timm's resize (a Swin's windows follow the token grid)
-            except Exception as error:  # what the model's resize raises for a size it cannot take
-                raise export_api.ModelInputError(str(error).strip().partition("\n")[0]) from error
-        data_config = dict(data_config, input_size=(3, *size))
-        example = torch.randn(args.batch_size, 3, *size, generator=torch.Generator().manual_seed(EXPORT_SEED))
-        result = export_api.export_model(
-            model, args.format, args.output, example, _check_images(args, size, data_config),
-            dynamic_batch=args.dynamic_batch, opset=args.opset, overwrite=args.overwrite, tolerance=args.tolerance,
-            near_tie_tolerance=args.near_tie_tolerance, on_step=lambda line: print(line, flush=True),
-        )
-    except export_api.OutputExistsError as error:
-        raise ValueError(f"output {error.path} exists; pass --overwrite to replace it") from None
-    except export_api.ModelInputError as error:
-        if not args.img_size:
-            raise
-        raise ValueError(f"argument --img-size: {args.model} does not run at {size[0]}x{size[1]} ({error})") from None
+    export_api.require_format(args.format)
+    check_output(args.output, args.overwrite, argument="output")  # before the model is loaded and exported
+    if args.checkpoint:
+        model, _, data_config = load_classifier(args.checkpoint, weights=args.pretrained_file, use_ema=args.ema,
+                                                pretrained=args.pretrained)
+        if args.model != model.pretrained_cfg.get("architecture", args.model):
+            raise ValueError(f"{args.checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {args.model}")
+    else:
+        model, _, data_config = load_classifier(model_name=args.model, weights=args.pretrained_file,
+                                                pretrained=args.pretrained)
+    size = tuple(args.img_size) if args.img_size else tuple(data_config["input_size"][1:])
+    size = (size[0], size[-1])
+    if size != tuple(data_config["input_size"][1:]) and hasattr(model, "set_input_size"):
+        try:
+            model.set_input_size(img_size=size)  # timm's resize (a Swin's windows follow the token grid)
+        except Exception as error:  # what the model's resize raises for a size it cannot take
+            raise ConfigError("argument ", Argument("img_size"), f": {args.model} does not run at {size[0]}x{size[1]} "
+                              f"({first_line(error)})") from error
+    data_config = dict(data_config, input_size=(3, *size))
+    example = torch.randn(args.batch_size, 3, *size, generator=torch.Generator().manual_seed(EXPORT_SEED))
+    result = export_api.export_model(
+        model, args.format, args.output, example, _check_images(args, size, data_config),
+        dynamic_batch=args.dynamic_batch, opset=args.opset, overwrite=args.overwrite, tolerance=args.tolerance,
+        near_tie_tolerance=args.near_tie_tolerance, on_step=lambda line: print(line, flush=True),
+    )
     batch = "dynamic" if args.dynamic_batch or args.format == "torchscript" else str(args.batch_size)
     print(f"wrote {result.path} ({args.format}, {size[0]}x{size[1]}, batch {batch}) in "
           f"{sum(result.seconds.values()):.0f} s")
@@ -265,7 +259,7 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
                         help=argparse.SUPPRESS)
     parser.add_argument("--ema", action="store_true", help="with a training run checkpoint: its EMA weights")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT or the --hub-dir folder if it exists")
-    parser.set_defaults(func=_run_convert)
+    parser.set_defaults(func=_run_convert, flags=dict(folder="--hub-dir"))
 
 
 class _ImageSize(argparse.Action):
@@ -316,7 +310,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
         help=f"largest |exported - eager| of any check image's logits (default "
              f"{export_api.DEFAULT_NEAR_TIE_TOLERANCE:g})")
     add_threads_argument(parser)
-    parser.set_defaults(func=_run_export, flags=MODEL_SOURCE_FLAGS)
+    parser.set_defaults(func=_run_export, flags=dict(MODEL_SOURCE_FLAGS, path="--output"))
 
 
 BENCH_DESCRIPTION = """\
