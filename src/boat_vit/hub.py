@@ -24,8 +24,7 @@ from .bench import count_macs
 from .classification import classifier_from_run
 from .engine import RunCheckpoint
 from .files import PathLike, atomic_folder, check_output_folder, write_text
-from .models import create_model, weights_filter
-from .models._metadata import BOAT_CITATION, BOAT_PAPER_CFG
+from .models import BOAT_CITATION, BOAT_PAPER_CFG, create_model, weights_filter
 from .weights import load_whole_model
 
 __all__ = ["hub_folder_from_run", "hub_folder_from_weights", "write_hub_folder"]

@@ -14,12 +14,13 @@ from timm.models import get_arch_pretrained_cfgs, split_model_name_tag
 from ..errors import ConfigError, first_line
 from ..weights import FilterFn
 from . import boat_cswin, boat_swin
+from ._metadata import BOAT_CITATION, BOAT_PAPER_CFG
 from ._pretrained import download_pretrained
 from .boat_cswin import BoatCSWin
 from .boat_swin import BoatSwinTransformer
 
-__all__ = ["ARCHITECTURE_ARGUMENTS", "building", "check_architecture_arguments", "check_model_name", "create_model",
-           "download_pretrained", "weights_filter"]
+__all__ = ["ARCHITECTURE_ARGUMENTS", "BOAT_CITATION", "BOAT_PAPER_CFG", "building", "check_architecture_arguments",
+           "check_model_name", "create_model", "download_pretrained", "weights_filter"]
 
 # The one conversion of each family: its filter function (timm's convention).
 FAMILY_FILTERS: tuple[tuple[type, FilterFn], ...] = (
