@@ -25,7 +25,7 @@ from boat_vit.cli import main as cli_main
 from boat_vit.engine import default_threads, set_threads, usable_cores
 from boat_vit.engine import threads as threads_module
 from boat_vit.images import load_image
-from boat_vit.seg.evaluate import output_stems
+from boat_vit.images import distinct_stems as output_stems
 from tiny_data import SEG_TRAIN_ARGS, TINY_MODEL, make_ade20k, train_args
 
 MIDDLE_GREY_16 = 32768  # of 65535

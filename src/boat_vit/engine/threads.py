@@ -10,8 +10,8 @@ Waiting threads sleep: ``import boat_vit`` sets ``OMP_WAIT_POLICY=PASSIVE`` unle
 says otherwise or torch was imported first (OpenMP reads it once, as torch loads). With OpenMP's default, a
 thread that finishes its share of an operation spins on its core until the others are done, so on a core
 that another process keeps busy the two fight; sleeping threads leave the core, and the kernel moves the
-late thread to it. Measured on the digits demo model, 2 threads while other processes kept both cores busy
-(load about 12): 2.0 images/s spinning, 18.4 sleeping, 8.4 with one thread.
+late thread to it. Measured on the digits demo (``benchmarks/bench_contention.py``, quiet 2-core machine): 2
+sleeping threads 82.7 images/s quiet and 71.3 with one core busy; 2 spinning threads 108.0 and 38.2.
 """
 import math
 import os

@@ -1,10 +1,9 @@
 """Segmentation evaluation (mIoU over a data set) and prediction (label maps and overlays of image files)."""
 import dataclasses
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,14 +15,14 @@ from tqdm import tqdm
 from ..engine import Distributed, ShardSampler, autocast
 from ..errors import Argument, ConfigError, OutputError
 from ..files import PathLike, atomic_write, check_output
-from ..images import load_image, palette
+from ..images import distinct_stems, load_image, palette
 from .data import DatasetSpec, EvalTransform, SegmentationFolder, checked_batches, collate_segmentation
 from .inference import segment
 from .metrics import ConfusionMatrix, SegmentationScores
 from .model import PALETTE_SIZE, Segmenter
 
 __all__ = ["InferenceOptions", "eval_loader", "evaluate_segmentation", "format_scores", "output_paths",
-           "output_stems", "predict_images"]
+           "predict_images"]
 
 OVERLAY_ALPHA = 0.5
 LABELS_SUFFIX, OVERLAY_SUFFIX = "_labels.png", "_overlay.png"  # of the files seg-predict writes per image
@@ -100,45 +99,10 @@ def format_scores(scores: SegmentationScores, class_names: Sequence[str], per_cl
     return "\n".join(lines)
 
 
-def output_stems(images: Sequence[PathLike]) -> list[str]:
-    """A distinct output name for each image path (see :func:`predict_images`).
-
-    The file name without its suffix; where two images share one, their paths from the folder that holds
-    them all (``training/s0.jpg`` -> ``training_s0``); where that is still shared, with the suffix
-    (``d/s1.jpg``, ``d/s1.png`` -> ``s1_jpg``, ``s1_png``); a name still taken gets a number (``a_b_c-2``).
-
-    Raises:
-        ConfigError: the same image is given twice.
-    """
-    paths = [Path(image).resolve() for image in images]
-    repeated = sorted({str(path) for path in paths if paths.count(path) > 1})
-    if repeated:
-        raise ConfigError("the same image is given twice: " + ", ".join(repeated))
-    if not paths:
-        return []
-    common = Path(os.path.commonpath([path.parent for path in paths]))
-    renames: tuple[Callable[[Path], str], ...] = (
-        lambda path: "_".join(path.relative_to(common).with_suffix("").parts),
-        lambda path: "_".join(path.relative_to(common).parts).replace(".", "_"),
-    )
-    names = [path.stem for path in paths]
-    for rename in renames:
-        shared = {name for name in names if names.count(name) > 1}
-        names = [rename(path) if name in shared else name for path, name in zip(paths, names)]
-    unique: list[str] = []
-    for name in names:
-        candidate, number = name, 1
-        while candidate in unique or (candidate != name and candidate in names):
-            number += 1
-            candidate = f"{name}-{number}"
-        unique.append(candidate)
-    return unique
-
-
 def output_paths(images: Sequence[PathLike], output: PathLike) -> list[tuple[Path, Path]]:
-    """The label map and overlay file of each image in the folder ``output`` (see :func:`output_stems`)."""
+    """The label map and overlay file of each image in the folder ``output`` (see :func:`~boat_vit.images.distinct_stems`)."""
     return [(Path(output) / f"{stem}{LABELS_SUFFIX}", Path(output) / f"{stem}{OVERLAY_SUFFIX}")
-            for stem in output_stems(images)]
+            for stem in distinct_stems(images)]
 
 
 @torch.no_grad()
@@ -150,7 +114,7 @@ def predict_images(segmenter: Segmenter, images: Sequence[PathLike], output: Pat
     if missing); returns their paths.
 
     ``NAME`` is the image's file name without suffix, made distinct where two images share it
-    (:func:`output_stems`), so no output replaces another. Before any prediction every image must exist and
+    (:func:`~boat_vit.images.distinct_stems`), so no output replaces another. Before any prediction every image must exist and
     every output may be written: an existing one is kept unless ``overwrite``. Each file is written
     atomically (a planted link is replaced, never followed).
 
