@@ -25,9 +25,11 @@ from boat_vit.export import (
     FORMATS,
     MAX_OPSET,
     MIN_OPSET,
+    NEAR_TIE_SPREAD,
     check_export,
     compare_outputs,
     export_model,
+    float64_outputs,
     load_exported,
     max_difference,
     remove_stale_staging,
@@ -212,11 +214,13 @@ def test_agreement_and_its_judgement():
     flip[1] = 3e-3
     accepted = check_export({"b": logits}, lambda images: logits + flip, {"b": x})
     assert accepted.median == 0.0 and accepted.largest == pytest.approx(3e-3) and accepted.within(1e-4) == 3
-    with pytest.raises(ExportMismatchError, match=r"an image differs by 0.003 > near-tie tolerance 0.001"):
+    with pytest.raises(ExportMismatchError, match=r"an image differs by 0.003 > near-tie limit 0.001"):
         check_export({"b": logits}, lambda images: logits + flip, {"b": x}, near_tie_tolerance=1e-3)
-    # every image moved (a wrong weight): refused
+    # every image moved (a wrong weight): refused; the model's float64 copy moves no image beyond rounding
     with pytest.raises(ExportMismatchError, match=r"the median image differs by 0.001 > tolerance 0.0001 "
-                                                  r"\(0/4 images within 0.0001, .* max 1.00e-03, top-1 4/4, top-5 4/4\)"):
+                                                  r"\(0/4 images within 0.0001, .* max 1.00e-03, top-1 4/4, top-5 4/4; "
+                                                  r"float64 moves 0/4 beyond 0.0001 \(max \d.\d\de-\d\d\), the other 4 "
+                                                  r"differ by median 1.00e-03\)"):
         check_export(model, lambda images: model(images) + 1e-3, x)
     with pytest.raises(ExportMismatchError, match="NaN outputs"):
         check_export(model, lambda images: model(images) * float("nan"), x)
@@ -228,6 +232,59 @@ def test_agreement_and_its_judgement():
     assert max_difference([torch.zeros(2), torch.ones(3)], [torch.zeros(2), torch.full((3,), 1.5)]) == 0.5
     with pytest.raises(ExportMismatchError, match="expected 2 outputs, got 1"):
         max_difference([torch.zeros(2), torch.zeros(2)], torch.zeros(2))
+
+
+def test_images_that_float64_moves_are_judged_by_the_near_tie_limit():
+    """The model's own near ties (float64 moves images 3-5) excuse an export's flips, not a general shift."""
+    logits = torch.randn(6, NUM_CLASSES)
+    near_ties = torch.tensor([0, 0, 0, 3e-3, 3e-3, 3e-3]).unsqueeze(1)
+    exact = {"b": logits.double() + near_ties}
+    x = {"b": images(6)}
+    # the export flips near ties on images 1, 4 and 5, by more than float64 does (2e-2 > 3e-3)
+    flips = logits + torch.tensor([0, 2e-2, 0, 0, 2e-2, 2e-2]).unsqueeze(1)
+    accepted = check_export({"b": logits}, lambda images: flips, x, exact=exact)
+    assert accepted.rounding == pytest.approx((0, 0, 0, 3e-3, 3e-3, 3e-3))
+    assert accepted.free_of_near_ties(DEFAULT_TOLERANCE) == pytest.approx((0, 2e-2, 0))
+    assert accepted.near_tie_limit(1e-2) == pytest.approx(NEAR_TIE_SPREAD * 3e-3)
+    assert "float64 moves 3/6 beyond 0.0001 (max 3.00e-03), the other 3 differ by median 0.00e+00" in (
+        accepted.summary(DEFAULT_TOLERANCE))
+    # without the float64 reference the same export fails: its median image moved
+    with pytest.raises(ExportMismatchError, match=r"the median image differs by 0.01 > tolerance 0.0001"):
+        check_export({"b": logits}, lambda images: flips, x)
+    # a shift of every image is refused on the images free of near ties
+    with pytest.raises(ExportMismatchError, match=r"the median image free of near ties \(3 of 6\) differs by 0.001 "
+                                                  r"> tolerance 0.0001"):
+        check_export({"b": logits}, lambda images: logits + 1e-3, x, exact=exact)
+    # a flip larger than NEAR_TIE_SPREAD times float64's largest move is refused
+    with pytest.raises(ExportMismatchError, match=r"an image differs by 0.05 > near-tie limit 0.03"):
+        check_export({"b": logits}, lambda images: logits + torch.tensor([0, 0, 0, 0, 5e-2, 0]).unsqueeze(1), x,
+                     exact=exact)
+    # float64 moves every image: nothing is free of near ties, the median over all images decides
+    everywhere = {"b": logits.double() + 3e-3}
+    two_flips = logits + torch.tensor([0, 0, 0, 0, 3e-3, 3e-3]).unsqueeze(1)
+    assert check_export({"b": logits}, lambda images: two_flips, x, exact=everywhere).within(DEFAULT_TOLERANCE) == 4
+    with pytest.raises(ExportMismatchError, match=r"the median image differs by 0.002 > tolerance 0.0001, and float64 "
+                                                  r"moves every image beyond it: no check image is free of near ties"):
+        check_export({"b": logits}, lambda images: logits + 2e-3, x, exact=everywhere)
+
+
+def test_the_float64_reference_is_measured_on_the_model_and_left_out_where_it_cannot_run():
+    model = small(SWIN)
+    x = images(3)
+    exact = float64_outputs(model, x)
+    assert exact["batch 0"].dtype == torch.float64 and next(model.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert (exact["batch 0"] - model(x).double()).abs().max() < 1e-4
+    rounding = check_export(model, model, x).rounding
+    assert len(rounding) == 3 and max(rounding) < 1e-4
+
+    class Float32Only(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(images.flatten(1), torch.ones(2, images[0].numel()))
+
+    with pytest.raises(ConfigError, match="the model does not run in float64: .*"):
+        float64_outputs(Float32Only(), x)
+    assert check_export(Float32Only(), Float32Only(), x).rounding is None
 
 
 def _corrupt(path, fmt: str) -> None:
@@ -261,7 +318,7 @@ def test_the_check_catches_a_corrupted_weight(fmt, tmp_path):
     checks = [images(2), images(2)]
     path = export_model(model, fmt, tmp_path / f"model{SUFFIXES[fmt]}", images(2), checks).path
     _corrupt(path, fmt)
-    with pytest.raises(ExportMismatchError, match="the median image differs by"):
+    with pytest.raises(ExportMismatchError, match="the median image differs by .* float64 moves 0/4"):
         check_export(model, load_exported(path, fmt), checks)
 
 
