@@ -1,4 +1,4 @@
-"""Thread defaults for shared machines: OpenMP threads sleep while they wait, and the digits demo computes
+"""Thread defaults for shared machines: waiting OpenMP threads spin briefly, then sleep, and the digits demo computes
 on every core without data workers (``boat_vit.engine.threads``)."""
 import os
 import subprocess
@@ -6,31 +6,32 @@ import sys
 
 import pytest
 
+from boat_vit._startup import SPIN_COUNT
 from boat_vit.classification.recipes import resolve_config
 from boat_vit.engine.threads import default_threads, usable_cores
 
-PRINT_POLICY = "import os; {}; print(os.environ.get('OMP_WAIT_POLICY'))"
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+PRINT_SETTINGS = "import os; {}; print(*(os.environ.get(name) for name in %r))" % (WAIT_SETTINGS,)
 
 
-def _policy(prelude: str, env_policy=None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if env_policy is not None:
-        env["OMP_WAIT_POLICY"] = env_policy
-    result = subprocess.run([sys.executable, "-c", PRINT_POLICY.format(prelude)], env=env, capture_output=True,
-                            text=True, check=True)
+def _wait_settings(prelude: str, **given: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_SETTINGS}
+    result = subprocess.run([sys.executable, "-c", PRINT_SETTINGS.format(prelude)], env={**env, **given},
+                            capture_output=True, text=True, check=True)
     return result.stdout.strip()
 
 
 @pytest.mark.parametrize(
-    "prelude, env_policy, expected",
+    "prelude, given, expected",
     [
-        ("import boat_vit", None, "PASSIVE"),
-        ("import boat_vit", "ACTIVE", "ACTIVE"),  # the environment chose
-        ("import torch, boat_vit", None, "None"),  # too late: OpenMP read it as torch loaded
+        ("import boat_vit", {}, f"PASSIVE {SPIN_COUNT}"),
+        ("import boat_vit", dict(OMP_WAIT_POLICY="ACTIVE"), "ACTIVE None"),  # the environment chose
+        ("import boat_vit", dict(GOMP_SPINCOUNT="100000"), "None 100000"),
+        ("import torch, boat_vit", {}, "None None"),  # too late: OpenMP read them as torch loaded
     ],
 )
-def test_import_makes_waiting_threads_sleep_unless_told_or_too_late(prelude, env_policy, expected):
-    assert _policy(prelude, env_policy) == expected
+def test_import_makes_waiting_threads_spin_briefly_then_sleep_unless_told_or_too_late(prelude, given, expected):
+    assert _wait_settings(prelude, **given) == expected
 
 
 def test_digits_demo_uses_every_core_without_workers():

@@ -2,13 +2,9 @@
 
 Importing the package registers the BOAT models with timm (``timm.create_model("boat_swin_tiny_...")``).
 """
-import os as _os
-import sys as _sys
+from ._startup import choose_openmp_waiting, quiet_interrupt
 
-if "torch" not in _sys.modules:  # OpenMP reads it once, as torch loads: see boat_vit.engine.threads
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from ._startup import quiet_interrupt
+choose_openmp_waiting()
 
 with quiet_interrupt():  # Ctrl-C while the command imports torch and timm: one line, not a traceback
     from .clustering import Clustering, GroupPlan, balanced_clustering, plan_groups
