@@ -2,10 +2,12 @@
 import csv
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +16,7 @@ from boat_vit.cli import main as cli_main
 from boat_vit.files import read_checkpoint as load_checkpoint
 from boat_vit.classification import resolve_config
 from boat_vit.classification.data import DigitsDataset, build_datasets
-from boat_vit.engine import GlobalBatchSampler, ShardSampler
+from boat_vit.engine import GlobalBatchSampler, SeededSamples, ShardSampler, seed_everything
 from boat_vit.errors import ConfigError, WeightsMismatchError
 from tiny_data import SHAPES, TINY_MODEL, TINY_RECIPE, train_args as _train_args
 
@@ -70,6 +72,25 @@ def test_global_batches_are_the_same_for_any_process_count():
     assert list(sampler) != single
     with pytest.raises(ValueError, match="divisible"):
         GlobalBatchSampler(40, 9, world_size=2)
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Item ``i``: what Python's, NumPy's and torch's generators give next (what an augmentation draws)."""
+
+    def __getitem__(self, index):
+        return random.random(), np.random.rand(), torch.rand(()).item()
+
+
+def test_a_sample_is_drawn_from_its_own_seed_and_leaves_the_callers_generators_alone():
+    samples = SeededSamples(_Draws())
+    seed_everything(7)
+    expected = _Draws()[0]  # the streams a run seeded with 7 starts with
+    seed_everything(11)
+    caller_next = _Draws()[0]
+    seed_everything(11)
+    assert samples[(3, 7)] == samples[(4, 7)] == expected
+    assert samples[(3, 8)] != expected
+    assert _Draws()[0] == caller_next
 
 
 def test_evaluation_shards_cover_every_sample_once():
