@@ -1,5 +1,6 @@
 """Shared test fixtures: the released-code reference vectors (regenerated from ``tests/data/reference/``) and
 small generated data sets."""
+import signal
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -7,6 +8,13 @@ import pytest
 
 from reference_vectors import load_reference
 from tiny_data import make_ade20k, make_shapes_folder
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C tests send SIGINT to the commands they start: those need SIGINT's default action. A shell that starts
+    the suite in the background ignores SIGINT, and processes started from an ignoring one inherit that."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
