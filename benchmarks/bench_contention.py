@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from boat_vit._startup import WAIT_SETTINGS
 from boat_vit.bench import environment, machine_line, markdown_table
+from boat_vit.engine.threads import WAIT_SETTINGS
 
 TARGET = 0.5  # busy / quiet images/s with the default threads
 BUSY_LOOP = "while True: pass"

@@ -6,11 +6,9 @@ import sys
 
 import pytest
 
-from boat_vit._startup import SPIN_COUNT
 from boat_vit.classification.recipes import resolve_config
-from boat_vit.engine.threads import default_threads, usable_cores
+from boat_vit.engine.threads import SPIN_COUNT, WAIT_SETTINGS, default_threads, usable_cores
 
-WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 PRINT_SETTINGS = "import os; {}; print(*(os.environ.get(name) for name in %r))" % (WAIT_SETTINGS,)
 
 

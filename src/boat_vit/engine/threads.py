@@ -23,9 +23,10 @@ from typing import Optional
 
 import torch
 
+from .._startup import SPIN_COUNT, WAIT_SETTINGS
 from ..errors import Argument, ConfigError
 
-__all__ = ["default_threads", "set_threads", "usable_cores"]
+__all__ = ["SPIN_COUNT", "WAIT_SETTINGS", "default_threads", "set_threads", "usable_cores"]
 
 _CGROUP_V2_QUOTA = Path("/sys/fs/cgroup/cpu.max")
 _CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
