@@ -4,6 +4,8 @@ import argparse
 import logging
 import os
 import pickle
+import random
+import re
 import stat
 import sys
 import types
@@ -16,7 +18,7 @@ import torch.nn as nn
 
 import boat_vit.models.boat_swin  # noqa: F401  (registers the models)
 from boat_vit.errors import Argument, CheckpointError, UnsafeCheckpointError, WeightsMismatchError
-from boat_vit.files import atomic_write, read_checkpoint, save_safetensors, save_torch, write_text
+from boat_vit.files import NOT_A_CHECKPOINT, atomic_write, read_checkpoint, save_safetensors, save_torch, write_text
 from boat_vit.weights import STATE_DICT_KEYS, fill_missing_from_model, read_state_dict, select_state_dict
 
 MINI_SWIN = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), img_size=112, num_classes=10)
@@ -171,12 +173,19 @@ def test_fill_missing_from_model_only_for_an_absent_branch(caplog):
     assert "1.bias" not in some
 
 
-@pytest.mark.parametrize("content", [os.urandom(4096), b"\x80\x02" + bytes(range(256)) * 4],
-                         ids=["random bytes", "pickle protocol mark, then garbage"])
+NOISE = random.Random(0).randbytes(4095)
+
+
+@pytest.mark.parametrize("content", [bytes([first]) + NOISE for first in range(256)]
+                         + [b"\x80\x02" + bytes(range(256)) * 4],
+                         ids=[f"byte {first:#04x}, then noise" for first in range(256)]
+                         + ["pickle protocol mark, then garbage"])
 def test_random_bytes_are_an_unreadable_file_not_an_unsafe_pickle(tmp_path, content):
+    """Every first byte: the unpickler meets another opcode, and may stop with any error; the message is the same."""
     path = tmp_path / "noise.pth"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=r"cannot read .*noise\.pth as a checkpoint: not a torch.save") as caught:
+    expected = rf"cannot read .*noise\.pth as a checkpoint: {re.escape(NOT_A_CHECKPOINT)} \("
+    with pytest.raises(CheckpointError, match=expected) as caught:
         read_checkpoint(path)
     assert not isinstance(caught.value, UnsafeCheckpointError)
 

@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 SAFETENSORS_SUFFIX = ".safetensors"
+NOT_A_CHECKPOINT = "not a torch.save or safetensors file, or a damaged one"
 TEMPORARY_SUFFIX = ".tmp"  # of the files atomic_write renames into place
 NEW_FILE_MODE = 0o666  # before the umask, as open() creates files
 WRITE_CHECK_PREFIX = ".write-check."  # of the empty file check_output creates and removes
@@ -131,10 +132,11 @@ def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
                 f"refusing to load {path}: its pickle needs {', '.join(sorted(names))}, which is neither a "
                 "tensor nor plain data; checkpoint loading never imports or runs code named in a file"
             ) from err
-        raise CheckpointError(f"cannot read {path} as a checkpoint: not a torch.save or safetensors file "
-                              f"({_unpickler_detail(err)})") from err
-    except Exception as err:  # not a torch.save file: bad magic number, truncated zip, garbage pickle opcodes, ...
-        raise CheckpointError(f"cannot read {path} as a checkpoint: {first_line(err)}") from err
+        detail = _unpickler_detail(err)
+        raise CheckpointError(f"cannot read {path} as a checkpoint: {NOT_A_CHECKPOINT} ({detail})") from err
+    except Exception as err:  # bad magic number, truncated zip, pickle opcodes that make no sense (IndexError, ...)
+        raise CheckpointError(f"cannot read {path} as a checkpoint: {NOT_A_CHECKPOINT} "
+                              f"({type(err).__name__}: {first_line(err)})") from err
 
 
 def _unpickler_detail(error: BaseException) -> str:
