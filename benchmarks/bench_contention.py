@@ -2,10 +2,11 @@
 
 Runs ``boat-vit train --preset digits`` (shortened to ``--epochs``) on a quiet machine and while another
 process spins on one core, with the default threads (one per core this process may use, less its data
-workers; the preset has none; a waiting OpenMP thread spins briefly, then sleeps: :mod:`boat_vit.engine.threads`),
-with the same threads sleeping at once (the previous default, ``OMP_WAIT_POLICY=PASSIVE``), and spinning as
-long as GNU OpenMP does by default (``GOMP_SPINCOUNT=300000``, a few milliseconds). Training speed is the median images/s over the epochs of
-``metrics.csv``. Target: with the default, the busy-machine speed stays within 2x of the quiet speed.
+workers; the preset has none; a waiting OpenMP thread spins briefly, then sleeps:
+:mod:`boat_vit.engine.threads`), with the same threads sleeping at once (the previous default,
+``OMP_WAIT_POLICY=PASSIVE``), and spinning as long as GNU OpenMP does by default (``GOMP_SPINCOUNT=300000``,
+a few milliseconds). Training speed is the median images/s over the epochs of ``metrics.csv``. Target: with
+the default, the busy-machine speed stays within 2x of the quiet speed.
 
 Usage: ``python benchmarks/bench_contention.py [--epochs 3]``; run it on an otherwise quiet machine.
 """

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["INTERRUPTED", "SPIN_COUNT", "choose_openmp_waiting", "quiet_interrupt", "started_as_command"]
+__all__ = ["INTERRUPTED", "SPIN_COUNT", "WAIT_SETTINGS", "choose_openmp_waiting", "quiet_interrupt",
+           "started_as_command"]
 
 COMMAND = "boat-vit"  # the console script
 MODULE = "boat_vit"  # python -m boat_vit, torchrun -m boat_vit

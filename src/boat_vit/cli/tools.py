@@ -92,9 +92,9 @@ rounding (up to about 3e-2 on the six models). Eager PyTorch does the same
 against itself: run in float64, it moves such images as far. So the check
 first runs the model in float64 as well: on the images float64 leaves
 within --tolerance (free of near ties), the median image must agree within
---tolerance (float rounding, default {export_api.DEFAULT_TOLERANCE:g}); every image within
---near-tie-tolerance (default {export_api.DEFAULT_NEAR_TIE_TOLERANCE:g}) or {export_api.NEAR_TIE_SPREAD} times the largest move
-float64 makes, whichever is larger. A wrong weight or
+--tolerance (float rounding, default {export_api.DEFAULT_TOLERANCE:g}); every image
+within --near-tie-tolerance (default {export_api.DEFAULT_NEAR_TIE_TOLERANCE:g}) or {export_api.NEAR_TIE_SPREAD} times the
+largest move float64 makes, whichever is larger. A wrong weight or
 operation moves the images free of near ties too, and fails. The check
 prints how many images agree, top-1 and top-5 agreement and how many
 images float64 moves. TorchScript agrees exactly.
